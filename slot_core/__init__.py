@@ -17,13 +17,17 @@ from slot_core.errors import (
 from slot_core.generate import (
     GenerationRequest,
     GenerationResult,
+    PreparedBatch,
+    decode_batch,
     generate,
     generate_batch,
     model_context_length,
+    prepare_batch,
 )
 from slot_core.loading import DEFAULT_MODEL_NAME, load_model, model_display_name
 from slot_core.optimize import DeltaFit, fit_delta, optimize_delta
 from slot_core.prompts import count_prompt_tokens
+from slot_core.validation import ValidationSet
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -31,6 +35,8 @@ __all__ = [
     "DeltaFit",
     "GenerationRequest",
     "GenerationResult",
+    "PreparedBatch",
+    "ValidationSet",
     "ModelLoadError",
     "PromptTooLongError",
     "SlotConfig",
@@ -38,6 +44,7 @@ __all__ = [
     "SlotError",
     "UnsupportedModelError",
     "count_prompt_tokens",
+    "decode_batch",
     "fit_delta",
     "generate",
     "generate_batch",
@@ -45,4 +52,5 @@ __all__ = [
     "model_context_length",
     "model_display_name",
     "optimize_delta",
+    "prepare_batch",
 ]

@@ -11,8 +11,8 @@ from slot_core.decode import decode
 from slot_core.decoding import DecodingConfig
 from slot_core.errors import PromptTooLongError, SlotConfigError
 from slot_core.head import read_head
-from slot_core.optimize import DEFAULT_MEMORY_BUDGET_MB, fit_delta
-from slot_core.prompts import Prompt, encode_prompt, left_pad, pad_token_id
+from slot_core.optimize import DEFAULT_MEMORY_BUDGET_MB, DeltaFit, fit_delta
+from slot_core.prompts import Prompt, PromptBatch, encode_prompt, left_pad, pad_token_id
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class GenerationResult:
 
     Attributes:
         text: the answer, without special tokens, cut before the first stop string.
-        delta: the delta used for decoding, float32 [hidden], on the CPU.
+        delta: the delta used for decoding, float32 [hidden], on the CPU. It is the fitted delta
+            unless `decode_batch` was given others.
         delta_norm: L2 norm of delta.
         loss_trace: prompt loss at delta_0..delta_T; shorter than steps + 1 if optimisation diverged.
         prompt_tokens: tokens of the prompt, after the chat template.
@@ -93,42 +94,105 @@ def generate(model, tokenizer, prompts: list[Prompt], config: SlotConfig = SlotC
     return generate_batch(model, tokenizer, requests, memory_budget_mb)
 
 
+@dataclass
+class PreparedBatch:
+    """A batch after prefill and delta optimisation, ready to decode.
+
+    Attributes:
+        requests: the batch's requests, in order.
+        fit: the fitted deltas and their loss traces.
+        timings_ms: "prefill" and "optimize" wall-clock ms so far.
+    """
+
+    requests: list[GenerationRequest]
+    fit: DeltaFit
+    timings_ms: dict[str, float]
+    _prompts: PromptBatch
+    _last_hidden: torch.Tensor  # [batch, hidden]
+    _cache: object
+    _pad_id: int
+    _started: float
+    _decoded: bool = False
+
+
 def generate_batch(model, tokenizer, requests: list[GenerationRequest],
                    memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB) -> list[GenerationResult]:
     """Answer a batch of prompts, each with its own SLOT and decoding settings."""
+    prepared = prepare_batch(model, tokenizer, requests, memory_budget_mb)
+    return decode_batch(model, tokenizer, prepared)
+
+
+def prepare_batch(model, tokenizer, requests: list[GenerationRequest],
+                  memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB) -> PreparedBatch:
+    """Run the prefill once and fit each prompt's delta; decoding is left to `decode_batch`.
+
+    Raises:
+        SlotConfigError: a prompt encodes to no tokens.
+        PromptTooLongError: a prompt plus its max_new_tokens exceeds the model's context.
+    """
     started = time.perf_counter()
     device = next(model.parameters()).device
     token_lists = [encode_prompt(tokenizer, request.prompt) for request in requests]
     _check_context(model, token_lists, requests)
     pad_id = pad_token_id(tokenizer)
-    batch = left_pad(token_lists, pad_id, device)
-    body = body_of(model)
-    head = read_head(model)
+    prompts = left_pad(token_lists, pad_id, device)
 
     with torch.no_grad():
-        hidden, cache = run_body(body, batch.input_ids, batch.attention_mask, batch.position_ids)
-    prefilled = time.perf_counter()  # [batch, seq, hidden] hidden states and the cache are ready
+        hidden, cache = run_body(body_of(model), prompts.input_ids, prompts.attention_mask,
+                                 prompts.position_ids)  # [batch, seq, hidden]
+    prefilled = time.perf_counter()
 
-    fit = fit_delta(head, hidden, batch.input_ids, batch.attention_mask,
+    fit = fit_delta(read_head(model), hidden, prompts.input_ids, prompts.attention_mask,
                     [request.slot for request in requests], memory_budget_mb)
     optimized = time.perf_counter()
 
+    return PreparedBatch(
+        requests=list(requests),
+        fit=fit,
+        timings_ms={"prefill": _ms(started, prefilled), "optimize": _ms(prefilled, optimized)},
+        _prompts=prompts,
+        _last_hidden=hidden[:, -1].clone(),  # a copy, so the full hidden states can be freed
+        _cache=cache,
+        _pad_id=pad_id,
+        _started=started,
+    )
+
+
+def decode_batch(model, tokenizer, prepared: PreparedBatch,
+                 deltas: torch.Tensor | None = None) -> list[GenerationResult]:
+    """Decode every prompt of a prepared batch, once.
+
+    Args:
+        deltas: [batch, hidden] float32 to decode with in place of the fitted ones, for example an
+            earlier step chosen by a validation check. None decodes with `prepared.fit.delta`.
+
+    Raises:
+        RuntimeError: the batch was already decoded (its key/value cache has been extended).
+    """
+    if prepared._decoded:
+        raise RuntimeError("this prepared batch was already decoded; prepare it again")
+    prepared._decoded = True
+    decode_started = time.perf_counter()
+    delta = prepared.fit.delta if deltas is None else deltas.to(prepared.fit.delta)
+
     answers = decode(
-        body, head, tokenizer, cache,
-        last_hidden=hidden[:, -1], attention_mask=batch.attention_mask,
-        last_positions=batch.position_ids[:, -1], delta=fit.delta,
-        configs=[request.decoding for request in requests],
-        stop_token_ids=stop_token_ids(model, tokenizer), pad_id=pad_id,
+        body_of(model), read_head(model), tokenizer, prepared._cache,
+        last_hidden=prepared._last_hidden, attention_mask=prepared._prompts.attention_mask,
+        last_positions=prepared._prompts.position_ids[:, -1], delta=delta,
+        configs=[request.decoding for request in prepared.requests],
+        stop_token_ids=stop_token_ids(model, tokenizer), pad_id=prepared._pad_id,
     )
     finished = time.perf_counter()
 
     timings = {
-        "prefill": _ms(started, prefilled),
-        "optimize": _ms(prefilled, optimized),
-        "decode": _ms(optimized, finished),
-        "total": _ms(started, finished),
+        **prepared.timings_ms,
+        "decode": _ms(decode_started, finished),
+        "total": _ms(prepared._started, finished),
     }
-    return [_result(row, fit, answers[row], batch.lengths[row], timings) for row in range(len(requests))]
+    return [
+        _result(row, prepared.fit, delta[row], answers[row], prepared._prompts.lengths[row], timings)
+        for row in range(len(prepared.requests))
+    ]
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:
@@ -161,8 +225,8 @@ def _check_context(model, token_lists, requests) -> None:
             raise PromptTooLongError(len(tokens), request.decoding.max_new_tokens, context)
 
 
-def _result(row, fit, answer, prompt_tokens, timings) -> GenerationResult:
-    delta = fit.delta[row].detach().float().cpu()  # [hidden]
+def _result(row, fit, used_delta, answer, prompt_tokens, timings) -> GenerationResult:
+    delta = used_delta.detach().float().cpu()  # [hidden]
     trace = [value for value in fit.loss_trace[row].tolist() if value == value]  # drop NaN padding
     return GenerationResult(
         text=answer.text,

@@ -24,6 +24,7 @@ class DeltaFit:
             delta whose loss was finite (zeros if there was none).
         loss_trace: prompt loss at delta_0..delta_T, float32 [batch, steps + 1]. Entries after a
             row stopped (fewer steps, or divergence) are NaN.
+        history: delta_0..delta_T, float32 [batch, steps + 1, hidden], NaN where loss_trace is.
         steps_run: AdamW steps applied to each row's returned delta.
         diverged_at: per row, the step whose loss or delta was not finite, or None.
         head_path: "closed_form" for heads affine in delta, else "autograd".
@@ -31,6 +32,7 @@ class DeltaFit:
 
     delta: torch.Tensor
     loss_trace: torch.Tensor
+    history: torch.Tensor
     steps_run: list[int]
     diverged_at: list[int | None]
     head_path: str
@@ -77,6 +79,7 @@ def fit_delta(head: LMHead, hidden, input_ids, attention_mask, configs: list[Slo
     previous = delta
     optimizer = BatchedAdamW(configs, hidden.shape[-1], device)
     trace = torch.full((batch, max_steps + 1), float("nan"), dtype=torch.float32)
+    history = torch.full((batch, max_steps + 1, hidden.shape[-1]), float("nan"), dtype=torch.float32)
     active = torch.ones(batch, dtype=torch.bool, device=device)
     steps_run = torch.zeros(batch, dtype=torch.long, device=device)
     diverged_at: list[int | None] = [None] * batch
@@ -98,6 +101,7 @@ def fit_delta(head: LMHead, hidden, input_ids, attention_mask, configs: list[Slo
 
             recording = (active & (steps >= step)).cpu()
             trace[recording, step] = loss.cpu()[recording]
+            history[recording, step] = delta.cpu()[recording]
 
             stepping = active & (steps > step)
             if not bool(stepping.any()):
@@ -115,6 +119,7 @@ def fit_delta(head: LMHead, hidden, input_ids, attention_mask, configs: list[Slo
     return DeltaFit(
         delta=delta,
         loss_trace=trace,
+        history=history,
         steps_run=steps_run.tolist(),
         diverged_at=diverged_at,
         head_path=head.path,
