@@ -1,0 +1,64 @@
+"""Sending jobs to the workers through the Celery broker, without importing the worker code.
+
+The API image has no torch, so it must not import ``worker``: it sends the task by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from celery import Celery
+
+from slotq.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Task that runs one job; its only argument is the job id.
+RUN_JOB_TASK = "slotq.run_job"
+
+#: Seconds to wait for the broker when sending, so a dead broker delays a submit only briefly.
+SEND_TIMEOUT_S = 2.0
+
+#: kombu publish retries: give up after about one second instead of retrying for long.
+SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
+
+Enqueue = Callable[[str], None]
+
+
+def broker_transport_options(broker_url: str, timeout_s: float) -> dict[str, float]:
+    """Return socket time limits for Redis brokers.
+
+    kombu's SQLAlchemy transport passes every option on to ``sqlalchemy.create_engine``, which
+    rejects unknown keywords, so other transports get no options.
+    """
+    if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+        return {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s}
+    return {}
+
+
+def make_celery_enqueue(settings: Settings) -> Enqueue:
+    """Return ``enqueue(job_id)``, which sends `RUN_JOB_TASK` to ``settings.queue``.
+
+    ``enqueue`` raises the broker's error (for example kombu's ``OperationalError``) when the
+    message could not be sent.
+    """
+    producer_app = Celery("slotq-api", broker=settings.broker_url, set_as_current=False)
+    producer_app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        broker_connection_timeout=SEND_TIMEOUT_S,
+        broker_transport_options=broker_transport_options(settings.broker_url, SEND_TIMEOUT_S),
+    )
+
+    def enqueue(job_id: str) -> None:
+        producer_app.send_task(
+            RUN_JOB_TASK,
+            args=[job_id],
+            queue=settings.queue,
+            retry=True,
+            retry_policy=SEND_RETRY_POLICY,
+        )
+
+    return enqueue

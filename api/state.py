@@ -1,0 +1,27 @@
+"""Per-app objects that route handlers share: settings, repository and the enqueue function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app
+
+from api.enqueue import Enqueue
+from slotq.settings import Settings
+from slotq.store import JobRepository
+
+EXTENSION_KEY = "slotq"
+
+
+@dataclass(frozen=True)
+class ApiState:
+    """Objects that `api.app.create_app` built for one app."""
+
+    settings: Settings
+    repository: JobRepository
+    enqueue: Enqueue
+
+
+def current_state() -> ApiState:
+    """Return the `ApiState` of the app handling the current request."""
+    return current_app.extensions[EXTENSION_KEY]

@@ -1,0 +1,1 @@
+"""Alembic migrations of the job store; `slotq.store.migrate` runs them."""

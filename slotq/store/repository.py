@@ -1,0 +1,364 @@
+"""Repository of jobs: every read and status change of the job store.
+
+Each call opens and closes its own short session, so no session or transaction outlives a call
+and none is held while a worker runs the model. Status changes are conditional updates
+(``UPDATE jobs ... WHERE id = :id AND status = :expected``): when two workers or two deliveries of
+one task race, exactly one update matches and the others change nothing.
+
+The module-level functions use a process-wide repository on ``load_settings().database_url``;
+call `configure` first to point them elsewhere. `JobRepository` serves code that has its own
+engine, such as the API app and the tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy.engine import Engine
+
+from slotq.logging import with_ids
+from slotq.requests import JobRequest
+from slotq.settings import load_settings
+from slotq.store.cursor import decode_cursor, encode_cursor
+from slotq.store.delta import encode_delta
+from slotq.store.engine import make_engine, make_session_factory
+from slotq.store.models import STATUSES, Job, JobStatus, utcnow
+from slotq.store.records import CancelOutcome, CancelResult, JobRecord
+
+logger = logging.getLogger(__name__)
+
+#: Maximum length of the error text stored on a failed job, in characters; longer text is cut.
+MAX_ERROR_CHARS = 10_000
+
+#: Keys that `complete_job` accepts in its result mapping.
+RESULT_KEYS = (
+    "output_text",
+    "text",
+    "finish_reason",
+    "prompt_tokens",
+    "output_tokens",
+    "delta_norm",
+    "delta",
+    "loss_trace",
+    "timings_ms",
+    "head_path",
+    "steps_run",
+    "diverged_at",
+    "seed",
+    "model_name",
+)
+
+
+class JobRepository:
+    """Job store operations on one engine.
+
+    Args:
+        engine: the store's engine, from `slotq.store.engine.make_engine`.
+        clock: source of aware UTC timestamps; tests pass a fake one.
+    """
+
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow):
+        self.engine = engine
+        self._sessions = make_session_factory(engine)
+        self._clock = clock
+
+    def ping(self) -> None:
+        """Run ``SELECT 1``; raises the driver's error when the database is unreachable."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def create_job(self, request: JobRequest, model_name: str) -> JobRecord:
+        """Store a new queued job for a validated request and return it."""
+        now = self._clock()
+        job = Job(
+            id=str(uuid.uuid4()),
+            status=JobStatus.QUEUED.value,
+            request=request.to_dict(),
+            prompt=request.prompt,
+            messages=request.to_dict().get("messages"),
+            slot_steps=request.slot.steps,
+            slot_lr=request.slot.lr,
+            generation=request.to_dict()["generation"],
+            job_metadata=request.metadata,
+            model_name=model_name,
+            created_at=now,
+            queued_at=now,
+            attempts=0,
+        )
+        with self._sessions.begin() as session:
+            session.add(job)
+
+        with_ids(logger, job_id=job.id).info("job stored as queued")
+        return JobRecord.from_row(job)
+
+    def claim_job(self, job_id: str, worker: str) -> JobRecord | None:
+        """Move a queued job to running for ``worker`` and count the attempt.
+
+        Records ``timings_ms.queue_wait``: milliseconds from queued_at to this claim.
+        Returns None, changing nothing, when the job is missing or not queued (a duplicate
+        delivery, a cancelled job, or a job another worker claimed first).
+        """
+        log = with_ids(logger, job_id=job_id)
+        with self._sessions.begin() as session:
+            queued_at = session.scalar(
+                select(Job.queued_at).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+            )
+            if queued_at is None:
+                log.info("claim skipped: job is missing or not queued")
+                return None
+
+            now = self._clock()
+            queue_wait_ms = max((now - queued_at).total_seconds() * 1000.0, 0.0)
+            claimed = self._change_status(
+                session,
+                job_id,
+                expected=(JobStatus.QUEUED.value,),
+                status=JobStatus.RUNNING.value,
+                started_at=now,
+                worker=worker,
+                attempts=Job.attempts + 1,
+                timings_ms={"queue_wait": round(queue_wait_ms, 3)},
+            )
+            if not claimed:
+                log.info("claim skipped: another worker claimed the job first")
+                return None
+            record = JobRecord.from_row(session.get(Job, job_id, populate_existing=True))
+
+        log.info("job claimed by worker %s, attempt %d", worker, record.attempts)
+        return record
+
+    def complete_job(self, job_id: str, result: Mapping[str, Any]) -> bool:
+        """Store the result of a running job and mark it succeeded.
+
+        Args:
+            result: any of `RESULT_KEYS`. ``text`` is accepted for ``output_text`` (the key of
+                ``GenerationResult.to_dict``). ``delta`` is a float sequence, a tensor or
+                float32 little-endian bytes. ``timings_ms`` is merged into the stored timings,
+                which keep ``queue_wait``.
+
+        Returns:
+            True when this call stored the result; False when the job was not running, in which
+            case nothing is written (a second completion never overwrites the first).
+
+        Raises:
+            ValueError: ``result`` has a key outside `RESULT_KEYS`.
+        """
+        unknown = sorted(set(result) - set(RESULT_KEYS))
+        if unknown:
+            raise ValueError(f"unknown result keys {unknown}; allowed keys: {', '.join(RESULT_KEYS)}")
+        values = _result_columns(result)
+
+        log = with_ids(logger, job_id=job_id)
+        with self._sessions.begin() as session:
+            stored_timings = session.scalar(select(Job.timings_ms).where(Job.id == job_id)) or {}
+            timings = {**stored_timings, **dict(result.get("timings_ms") or {})}
+            completed = self._change_status(
+                session,
+                job_id,
+                expected=(JobStatus.RUNNING.value,),
+                status=JobStatus.SUCCEEDED.value,
+                finished_at=self._clock(),
+                timings_ms=timings,
+                **values,
+            )
+
+        if completed:
+            log.info("job succeeded")
+        else:
+            log.warning("result not stored: job is missing or not running")
+        return completed
+
+    def fail_job(self, job_id: str, error: str) -> bool:
+        """Mark a queued or running job failed with ``error``; False when it was neither."""
+        if len(error) > MAX_ERROR_CHARS:
+            error = error[: MAX_ERROR_CHARS - 1] + "…"
+
+        log = with_ids(logger, job_id=job_id)
+        with self._sessions.begin() as session:
+            failed = self._change_status(
+                session,
+                job_id,
+                expected=(JobStatus.QUEUED.value, JobStatus.RUNNING.value),
+                status=JobStatus.FAILED.value,
+                finished_at=self._clock(),
+                error=error,
+            )
+
+        if failed:
+            log.info("job failed")
+        else:
+            log.warning("failure not stored: job is missing or already finished")
+        return failed
+
+    def cancel_job(self, job_id: str) -> CancelOutcome:
+        """Cancel a queued job; a running or finished job is left as it is.
+
+        Sets cancelled_at and finished_at to the same time.
+        """
+        log = with_ids(logger, job_id=job_id)
+        with self._sessions.begin() as session:
+            now = self._clock()
+            cancelled = self._change_status(
+                session,
+                job_id,
+                expected=(JobStatus.QUEUED.value,),
+                status=JobStatus.CANCELLED.value,
+                cancelled_at=now,
+                finished_at=now,
+            )
+            job = session.get(Job, job_id, populate_existing=True)
+            record = JobRecord.from_row(job) if job is not None else None
+
+        if cancelled:
+            log.info("job cancelled")
+            return CancelOutcome(CancelResult.CANCELLED, record)
+        if record is None:
+            return CancelOutcome(CancelResult.NOT_FOUND, None)
+        if record.status == JobStatus.RUNNING.value:
+            log.info("cancel rejected: job is running")
+            return CancelOutcome(CancelResult.RUNNING, record)
+        return CancelOutcome(CancelResult.FINISHED, record)
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """Return the job with ``job_id``, or None."""
+        with self._sessions() as session:
+            job = session.get(Job, job_id)
+            return JobRecord.from_row(job) if job is not None else None
+
+    def list_jobs(
+        self, status: str | None = None, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[JobRecord], str | None]:
+        """Return one page of jobs, newest first, and the cursor of the next page (or None).
+
+        The order is (created_at, id) descending, so pages neither skip nor repeat jobs while
+        new jobs arrive.
+
+        Raises:
+            ValueError: ``status`` is not a job status or ``limit`` is below 1.
+            InvalidCursorError: ``cursor`` did not come from this function.
+        """
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"invalid status {status!r}; allowed: {', '.join(STATUSES)}")
+        if limit < 1:
+            raise ValueError(f"invalid limit {limit}; must be at least 1")
+
+        query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+        if status is not None:
+            query = query.where(Job.status == status)
+        if cursor is not None:
+            created_at, job_id = decode_cursor(cursor)
+            query = query.where(
+                or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id))
+            )
+
+        with self._sessions() as session:
+            jobs = [JobRecord.from_row(job) for job in session.scalars(query)]
+
+        if len(jobs) <= limit:
+            return jobs, None
+        last = jobs[limit - 1]
+        return jobs[:limit], encode_cursor(last.created_at, last.id)
+
+    @staticmethod
+    def _change_status(session, job_id: str, expected: tuple[str, ...], **values: Any) -> bool:
+        """Apply ``values`` only if the job's status is in ``expected``; True when it matched."""
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(expected))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return session.execute(statement).rowcount == 1
+
+
+def _result_columns(result: Mapping[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "text" in result or "output_text" in result:
+        values["output_text"] = result.get("output_text", result.get("text"))
+    for key in RESULT_KEYS:
+        if key in result and key not in ("text", "output_text", "loss_trace", "delta", "delta_norm", "timings_ms"):
+            values[key] = result[key]
+    if "loss_trace" in result:
+        # JSON has no NaN or infinity, so a non-finite loss is stored as null.
+        values["loss_trace"] = [_finite_or_none(loss) for loss in result["loss_trace"]]
+    if "delta_norm" in result:
+        values["delta_norm"] = _finite_or_none(result["delta_norm"])
+    if result.get("delta") is not None:
+        values["delta"], values["delta_dim"] = encode_delta(result["delta"])
+    return values
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+_default_repository: JobRepository | None = None
+_default_lock = threading.Lock()
+
+
+def configure(target: str | Engine | JobRepository) -> JobRepository:
+    """Point the module-level functions at a database URL, an engine or a repository."""
+    global _default_repository
+    if isinstance(target, str):
+        target = make_engine(target)
+    if isinstance(target, Engine):
+        target = JobRepository(target)
+    with _default_lock:
+        _default_repository = target
+    return target
+
+
+def default_repository() -> JobRepository:
+    """Return the process-wide repository, created from settings on first use."""
+    global _default_repository
+    with _default_lock:
+        if _default_repository is None:
+            _default_repository = JobRepository(make_engine(load_settings().database_url))
+        return _default_repository
+
+
+def create_job(request: JobRequest, model_name: str) -> JobRecord:
+    """`JobRepository.create_job` on the default repository."""
+    return default_repository().create_job(request, model_name)
+
+
+def claim_job(job_id: str, worker: str) -> JobRecord | None:
+    """`JobRepository.claim_job` on the default repository."""
+    return default_repository().claim_job(job_id, worker)
+
+
+def complete_job(job_id: str, result: Mapping[str, Any]) -> bool:
+    """`JobRepository.complete_job` on the default repository."""
+    return default_repository().complete_job(job_id, result)
+
+
+def fail_job(job_id: str, error: str) -> bool:
+    """`JobRepository.fail_job` on the default repository."""
+    return default_repository().fail_job(job_id, error)
+
+
+def cancel_job(job_id: str) -> CancelOutcome:
+    """`JobRepository.cancel_job` on the default repository."""
+    return default_repository().cancel_job(job_id)
+
+
+def get_job(job_id: str) -> JobRecord | None:
+    """`JobRepository.get_job` on the default repository."""
+    return default_repository().get_job(job_id)
+
+
+def list_jobs(
+    status: str | None = None, cursor: str | None = None, limit: int = 50
+) -> tuple[list[JobRecord], str | None]:
+    """`JobRepository.list_jobs` on the default repository."""
+    return default_repository().list_jobs(status=status, cursor=cursor, limit=limit)
