@@ -12,7 +12,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from api import health, jobs, openapi
+from api import batches, health, jobs, openapi
 from api.enqueue import Enqueue, make_celery_enqueue
 from api.errors import register_error_handlers
 from api.state import EXTENSION_KEY, ApiState
@@ -58,7 +58,7 @@ def create_app(
     app.before_request(_assign_request_id)
     app.after_request(_send_request_id)
     register_error_handlers(app)
-    for blueprint in (jobs.blueprint, health.blueprint, openapi.blueprint):
+    for blueprint in (jobs.blueprint, batches.blueprint, health.blueprint, openapi.blueprint):
         app.register_blueprint(blueprint)
 
     logger.info("API app created; embedded=%s, queue=%s", settings.embedded, settings.queue)

@@ -6,7 +6,7 @@ The API image has no torch, so it must not import ``worker``: it sends the task 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from celery import Celery
 
@@ -23,6 +23,8 @@ SEND_TIMEOUT_S = 2.0
 #: kombu publish retries: give up after about one second instead of retrying for long.
 SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
 
+#: ``enqueue(job_id)`` sends one job. An enqueue may also have ``many(job_ids)``, which sends
+#: several over one connection; `enqueue_all` falls back to one call per job without it.
 Enqueue = Callable[[str], None]
 
 
@@ -37,12 +39,52 @@ def broker_transport_options(broker_url: str, timeout_s: float) -> dict[str, flo
     return {}
 
 
-def make_celery_enqueue(settings: Settings) -> Enqueue:
-    """Return ``enqueue(job_id)``, which sends `RUN_JOB_TASK` to ``settings.queue``.
+def enqueue_all(enqueue: Enqueue, job_ids: Sequence[str]) -> None:
+    """Send every job in ``job_ids``, in order, with ``enqueue.many`` when it has one."""
+    many = getattr(enqueue, "many", None)
+    if many is not None:
+        many(job_ids)
+        return
+    for job_id in job_ids:
+        enqueue(job_id)
 
-    ``enqueue`` raises the broker's error (for example kombu's ``OperationalError``) when the
-    message could not be sent.
+
+class CeleryEnqueue:
+    """Sends `RUN_JOB_TASK` messages to one queue through a Celery producer app.
+
+    Calls raise the broker's error (for example kombu's ``OperationalError``) when a message
+    could not be sent; `many` stops at the first such message.
     """
+
+    def __init__(self, producer_app: Celery, queue: str):
+        self.producer_app = producer_app
+        self.queue = queue
+
+    def __call__(self, job_id: str) -> None:
+        self.producer_app.send_task(
+            RUN_JOB_TASK,
+            args=[job_id],
+            queue=self.queue,
+            retry=True,
+            retry_policy=SEND_RETRY_POLICY,
+        )
+
+    def many(self, job_ids: Sequence[str]) -> None:
+        """Send one message per job over a single pooled connection and producer."""
+        with self.producer_app.producer_or_acquire() as producer:
+            for job_id in job_ids:
+                self.producer_app.send_task(
+                    RUN_JOB_TASK,
+                    args=[job_id],
+                    queue=self.queue,
+                    producer=producer,
+                    retry=True,
+                    retry_policy=SEND_RETRY_POLICY,
+                )
+
+
+def make_celery_enqueue(settings: Settings) -> CeleryEnqueue:
+    """Return an enqueue that sends `RUN_JOB_TASK` to ``settings.queue``."""
     producer_app = Celery("slotq-api", broker=settings.broker_url, set_as_current=False)
     producer_app.conf.update(
         task_serializer="json",
@@ -52,13 +94,4 @@ def make_celery_enqueue(settings: Settings) -> Enqueue:
         broker_transport_options=broker_transport_options(settings.broker_url, SEND_TIMEOUT_S),
     )
 
-    def enqueue(job_id: str) -> None:
-        producer_app.send_task(
-            RUN_JOB_TASK,
-            args=[job_id],
-            queue=settings.queue,
-            retry=True,
-            retry_policy=SEND_RETRY_POLICY,
-        )
-
-    return enqueue
+    return CeleryEnqueue(producer_app, settings.queue)

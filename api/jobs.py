@@ -23,7 +23,9 @@ blueprint = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 #: Job ids are lowercase UUIDs in the canonical 8-4-4-4-12 form.
 JOB_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-LIST_PARAMETERS = ("status", "limit", "cursor")
+LIST_PARAMETERS = ("status", "limit", "cursor", "overfit")
+#: Values of the ``overfit`` query parameter; any other value gets 422.
+OVERFIT_VALUES = {"true": True, "false": False}
 
 
 @blueprint.post("")
@@ -64,11 +66,15 @@ def get_job(job_id: str) -> Response:
 
 @blueprint.get("")
 def list_jobs() -> Response:
-    """Return a page of jobs, newest first, optionally of one status."""
+    """Return a page of jobs, newest first, optionally of one status or over-fitting flag."""
     state = current_state()
-    status, limit, cursor = _list_parameters(state.settings.default_page_size, state.settings.max_page_size)
+    status, limit, cursor, overfit = _list_parameters(
+        state.settings.default_page_size, state.settings.max_page_size
+    )
     try:
-        jobs, next_cursor = state.repository.list_jobs(status=status, cursor=cursor, limit=limit)
+        jobs, next_cursor = state.repository.list_jobs(
+            status=status, cursor=cursor, limit=limit, overfit=overfit
+        )
     except InvalidCursorError as error:
         raise ApiError(
             422,
@@ -157,7 +163,9 @@ def _read_body_bytes() -> bytes:
     return raw
 
 
-def _list_parameters(default_limit: int, max_limit: int) -> tuple[str | None, int, str | None]:
+def _list_parameters(
+    default_limit: int, max_limit: int
+) -> tuple[str | None, int, str | None, bool | None]:
     errors = []
     for name in request.args:
         if name not in LIST_PARAMETERS:
@@ -185,9 +193,13 @@ def _list_parameters(default_limit: int, max_limit: int) -> tuple[str | None, in
                 {"field": "limit", "value": limit_text, "message": f"must be an integer between 1 and {max_limit}"}
             )
 
+    overfit_text = request.args.get("overfit")
+    if overfit_text is not None and overfit_text not in OVERFIT_VALUES:
+        errors.append({"field": "overfit", "value": overfit_text, "message": "must be true or false"})
+
     if errors:
         raise ApiError(422, "validation_failed", "the query parameters are invalid", errors)
-    return status, limit, request.args.get("cursor")
+    return status, limit, request.args.get("cursor"), OVERFIT_VALUES.get(overfit_text)
 
 
 def _checked_job_id(job_id: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from api.batches_openapi import batch_paths, batch_schemas
 from api.state import current_state
 from slotq import __version__
 from slotq.requests import (
@@ -22,7 +23,7 @@ from slotq.requests import (
     MAX_SEED,
     ROLES,
 )
-from slotq.settings import Settings
+from slotq.settings import OVERFIT_POLICIES, Settings
 from slotq.store import STATUSES
 
 blueprint = Blueprint("openapi", __name__)
@@ -53,7 +54,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 "header; a request may set it (1 to 128 letters, digits, '.', '_' or '-')."
             ),
         },
-        "paths": _paths(settings),
+        "paths": {**_paths(settings), **batch_paths(settings)},
         "components": {"schemas": _schemas(settings), "responses": _responses()},
     }
 
@@ -118,10 +119,19 @@ def _paths(settings: Settings) -> dict[str, Any]:
                         "schema": {"type": "string"},
                         "description": "next_cursor of the previous page.",
                     },
+                    {
+                        "name": "overfit",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                        "description": (
+                            "true: only jobs flagged as over-fitted; false: only jobs checked and "
+                            "not flagged. Jobs not checked yet match neither."
+                        ),
+                    },
                 ],
                 "responses": {
                     "200": {"description": "One page of jobs.", "content": _json_content("JobList")},
-                    "422": _error_ref("Unknown parameter, bad status, limit or cursor."),
+                    "422": _error_ref("Unknown parameter, bad status, limit, cursor or overfit."),
                     "default": default,
                 },
             },
@@ -193,6 +203,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
         **_request_schemas(settings),
         **_job_schemas(),
         **_service_schemas(),
+        **batch_schemas(settings),
     }
 
 
@@ -225,6 +236,17 @@ def _request_schemas(settings: Settings) -> dict[str, Any]:
                     "maximum": settings.max_lr,
                     "default": DEFAULT_LR,
                     "description": "AdamW learning rate of δ.",
+                },
+                "overfit_policy": {
+                    "type": "string",
+                    "enum": list(OVERFIT_POLICIES),
+                    "default": settings.overfit_policy,
+                    "description": (
+                        "What the worker does when δ raises the validation loss by more than "
+                        f"{settings.overfit_tolerance:g} (relative): flag keeps the output and flags "
+                        "the job, fallback decodes with the step of lowest validation loss (δ = 0 "
+                        "included), reject fails the job."
+                    ),
                 },
             },
         },
@@ -330,6 +352,7 @@ def _job_schemas() -> dict[str, Any]:
                 "seed": NULLABLE_INTEGER,
             },
         },
+        "Guardrails": _guardrails_schema(),
         "Timings": {
             "type": "object",
             "description": "Milliseconds. queue_wait appears when a worker claims the job, the rest on success.",
@@ -351,6 +374,7 @@ def _job_schemas() -> dict[str, Any]:
                 "finished_at",
                 "cancelled_at",
                 "result",
+                "guardrails",
                 "timings_ms",
                 "worker",
                 "attempts",
@@ -374,6 +398,7 @@ def _job_schemas() -> dict[str, Any]:
                     "oneOf": [{"$ref": "#/components/schemas/JobResult"}, {"type": "null"}],
                     "description": "Set when status is succeeded.",
                 },
+                "guardrails": {"$ref": "#/components/schemas/Guardrails"},
                 "timings_ms": {"$ref": "#/components/schemas/Timings"},
                 "worker": {**NULLABLE_STRING, "description": "Host and process of the last worker."},
                 "attempts": {"type": "integer", "minimum": 0},
@@ -394,6 +419,7 @@ def _job_schemas() -> dict[str, Any]:
                 "prompt_tokens",
                 "output_tokens",
                 "delta_norm",
+                "guardrails",
                 "attempts",
                 "error",
             ],
@@ -409,6 +435,7 @@ def _job_schemas() -> dict[str, Any]:
                 "prompt_tokens": NULLABLE_INTEGER,
                 "output_tokens": NULLABLE_INTEGER,
                 "delta_norm": NULLABLE_NUMBER,
+                "guardrails": {"$ref": "#/components/schemas/Guardrails"},
                 "attempts": {"type": "integer", "minimum": 0},
                 "error": NULLABLE_STRING,
             },
@@ -420,6 +447,53 @@ def _job_schemas() -> dict[str, Any]:
                 "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobSummary"}},
                 "next_cursor": {**NULLABLE_STRING, "description": "Cursor of the next page; null on the last."},
             },
+        },
+    }
+
+
+def _guardrails_schema() -> dict[str, Any]:
+    loss = "Mean next-token loss of the validation prompts"
+    return {
+        "type": "object",
+        "description": (
+            "Over-fitting check and divergence of δ. Fields are null until a worker has run the "
+            "check, and a loss that was not finite is null."
+        ),
+        "required": [
+            "policy",
+            "overfit",
+            "tolerance",
+            "validation_loss",
+            "validation_loss_base",
+            "validation_loss_change",
+            "validation_loss_used",
+            "delta_step",
+            "diverged_at",
+            "divergence",
+        ],
+        "properties": {
+            "policy": {"type": ["string", "null"], "enum": [*OVERFIT_POLICIES, None]},
+            "overfit": {
+                "type": ["boolean", "null"],
+                "description": "True when validation_loss_change was above tolerance or the loss was not finite.",
+            },
+            "tolerance": {**NULLABLE_NUMBER, "description": "Largest relative rise allowed."},
+            "validation_loss": {**NULLABLE_NUMBER, "description": f"{loss} with the fitted δ."},
+            "validation_loss_base": {**NULLABLE_NUMBER, "description": f"{loss} with δ = 0."},
+            "validation_loss_change": {
+                **NULLABLE_NUMBER,
+                "description": "(validation_loss - validation_loss_base) / validation_loss_base.",
+            },
+            "validation_loss_used": {**NULLABLE_NUMBER, "description": f"{loss} with the δ decoded."},
+            "delta_step": {
+                **NULLABLE_INTEGER,
+                "description": "Step whose δ was decoded; 0 is δ = 0. Differs from steps_run only under fallback.",
+            },
+            "diverged_at": {
+                **NULLABLE_INTEGER,
+                "description": "Step whose loss or δ was not finite; optimisation stopped there.",
+            },
+            "divergence": {**NULLABLE_STRING, "description": "What happened at diverged_at."},
         },
     }
 

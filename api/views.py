@@ -36,6 +36,7 @@ def job_summary(job: JobRecord) -> dict[str, Any]:
         "prompt_tokens": job.prompt_tokens,
         "output_tokens": job.output_tokens,
         "delta_norm": job.delta_norm,
+        "guardrails": _guardrails(job),
         "attempts": job.attempts,
         "error": job.error,
     }
@@ -55,10 +56,27 @@ def job_detail(job: JobRecord) -> dict[str, Any]:
         "finished_at": format_time(job.finished_at),
         "cancelled_at": format_time(job.cancelled_at),
         "result": _result(job),
+        "guardrails": _guardrails(job),
         "timings_ms": job.timings_ms or {},
         "worker": job.worker,
         "attempts": job.attempts,
         "error": job.error,
+    }
+
+
+def _guardrails(job: JobRecord) -> dict[str, Any]:
+    """Return the over-fitting check and divergence of a job; null fields until a worker ran it."""
+    return {
+        "policy": job.overfit_policy,
+        "overfit": job.overfit,
+        "tolerance": job.overfit_tolerance,
+        "validation_loss": job.validation_loss,
+        "validation_loss_base": job.validation_loss_base,
+        "validation_loss_change": job.validation_loss_change,
+        "validation_loss_used": job.validation_loss_used,
+        "delta_step": job.delta_step,
+        "diverged_at": job.diverged_at,
+        "divergence": job.divergence,
     }
 
 

@@ -15,16 +15,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slotq import SlotqError
-from slotq.settings import Settings
+from slotq.settings import OVERFIT_POLICIES, Settings
 
 ROLES = ("system", "user", "assistant")
 TOP_LEVEL_FIELDS = ("prompt", "messages", "slot", "generation", "metadata")
 MESSAGE_FIELDS = ("role", "content")
-SLOT_FIELDS = ("steps", "lr")
+SLOT_FIELDS = ("steps", "lr", "overfit_policy")
 GENERATION_FIELDS = ("max_new_tokens", "temperature", "top_p", "seed", "stop")
 
 DEFAULT_STEPS = 5
 DEFAULT_LR = 0.1
+#: Policy of a `SlotParams` built in code; `parse_job_request` takes ``SLOTQ_OVERFIT_POLICY``.
+DEFAULT_OVERFIT_POLICY = "flag"
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_TEMPERATURE = 0.0
 DEFAULT_TOP_P = 1.0
@@ -63,10 +65,12 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class SlotParams:
-    """SLOT optimisation parameters: AdamW steps on δ and their learning rate."""
+    """SLOT optimisation parameters: AdamW steps on δ, their learning rate, and what a worker
+    does when δ over-fits (one of `OVERFIT_POLICIES`)."""
 
     steps: int = DEFAULT_STEPS
     lr: float = DEFAULT_LR
+    overfit_policy: str = DEFAULT_OVERFIT_POLICY
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,11 @@ class JobRequest:
             data["messages"] = [
                 {"role": message.role, "content": message.content} for message in self.messages
             ]
-        data["slot"] = {"steps": self.slot.steps, "lr": self.slot.lr}
+        data["slot"] = {
+            "steps": self.slot.steps,
+            "lr": self.slot.lr,
+            "overfit_policy": self.slot.overfit_policy,
+        }
         data["generation"] = {
             "max_new_tokens": self.generation.max_new_tokens,
             "temperature": self.generation.temperature,
@@ -141,6 +149,67 @@ def parse_job_request(body: Any, settings: Settings) -> JobRequest:
     if errors.items:
         raise RequestValidationError(errors.items)
     return JobRequest(prompt, messages, slot, generation, metadata)
+
+
+def prompt_token_limit(settings: Settings, context_length: int, max_new_tokens: int) -> int:
+    """Return the most prompt tokens (after the chat template) a job may have.
+
+    The limit is the model's context length minus ``max_new_tokens``, lowered to
+    ``settings.max_prompt_tokens`` when that is set. It can be 0 or negative when
+    ``max_new_tokens`` fills the whole context.
+    """
+    limit = context_length - max_new_tokens
+    if settings.max_prompt_tokens is not None:
+        limit = min(limit, settings.max_prompt_tokens)
+    return limit
+
+
+def check_prompt_tokens(
+    request: JobRequest, prompt_tokens: int, context_length: int, settings: Settings
+) -> None:
+    """Check the prompt's token count, which only a worker holding the tokenizer can measure.
+
+    Args:
+        prompt_tokens: tokens of the prompt after the chat template
+            (``slot_core.count_prompt_tokens``).
+        context_length: the model's context length in tokens (``slot_core.model_context_length``).
+
+    Raises:
+        RequestValidationError: on ``generation.max_new_tokens`` when it leaves no room for a
+            prompt, else on ``prompt`` or ``messages`` when the prompt is over the limit. The
+            message names the limit and where it comes from.
+    """
+    max_new_tokens = request.generation.max_new_tokens
+    if max_new_tokens >= context_length:
+        raise RequestValidationError(
+            [
+                {
+                    "field": "generation.max_new_tokens",
+                    "value": max_new_tokens,
+                    "message": f"must be below the model's context length of {context_length} tokens",
+                }
+            ]
+        )
+
+    limit = prompt_token_limit(settings, context_length, max_new_tokens)
+    if prompt_tokens <= limit:
+        return
+    if settings.max_prompt_tokens is not None and limit == settings.max_prompt_tokens:
+        source = "SLOTQ_MAX_PROMPT_TOKENS"
+    else:
+        source = (
+            f"the model's context length of {context_length} tokens minus "
+            f"generation.max_new_tokens={max_new_tokens}"
+        )
+    raise RequestValidationError(
+        [
+            {
+                "field": "prompt" if request.prompt is not None else "messages",
+                "value": f"<{prompt_tokens} tokens>",
+                "message": f"must be at most {limit} tokens after the chat template ({source})",
+            }
+        ]
+    )
 
 
 class _ErrorList:
@@ -235,7 +304,12 @@ def _parse_slot(slot: Any, settings: Settings, errors: _ErrorList) -> SlotParams
         )
         lr = DEFAULT_LR
 
-    return SlotParams(steps=steps, lr=float(lr))
+    policy = slot.get("overfit_policy", settings.overfit_policy)
+    if policy not in OVERFIT_POLICIES:
+        errors.add("slot.overfit_policy", policy, "must be one of " + ", ".join(OVERFIT_POLICIES))
+        policy = settings.overfit_policy
+
+    return SlotParams(steps=steps, lr=float(lr), overfit_policy=policy)
 
 
 def _parse_generation(generation: Any, settings: Settings, errors: _ErrorList) -> GenerationParams:

@@ -19,11 +19,18 @@ that does not parse, or lies outside its allowed range, makes `load_settings` ra
 | `SLOTQ_MAX_LR` | learning rate | `1.0` | 1e-08 to 10.0, at least `SLOTQ_MIN_LR` | Largest `slot.lr` a request may ask for. |
 | `SLOTQ_MAX_NEW_TOKENS` | tokens | `512` | 1 to 32768 | Largest `generation.max_new_tokens` a request may ask for. |
 | `SLOTQ_MAX_PROMPT_CHARS` | characters | `20000` | 1 to 1000000 | Longest prompt; for `messages`, the sum of all contents. |
+| `SLOTQ_MAX_PROMPT_TOKENS` | tokens | unset | 1 to 1048576 | Longest prompt after the chat template, checked by workers. Unset: the model's context length minus the request's `max_new_tokens`; a set value never raises that bound. |
 | `SLOTQ_MAX_MESSAGES` | messages | `64` | 1 to 1000 | Most chat messages in one request. |
 | `SLOTQ_MAX_STOP_STRINGS` | strings | `4` | 0 to 32 | Most entries in `generation.stop`. |
 | `SLOTQ_MAX_STOP_CHARS` | characters | `64` | 1 to 1024 | Longest entry in `generation.stop`. |
 | `SLOTQ_MAX_METADATA_BYTES` | bytes | `4096` | 0 to 1048576 | Largest `metadata`, measured as compact UTF-8 JSON. |
+| `SLOTQ_OVERFIT_TOLERANCE` | ratio | `0.05` | 0.0 to 10.0 | Largest relative rise of the validation loss with δ over the loss without δ; a larger rise flags the job as over-fitted (0.05 = 5%). |
+| `SLOTQ_OVERFIT_POLICY` | - | `flag` | `flag`, `fallback`, `reject` | What workers do with an over-fitted job unless its request sets `slot.overfit_policy`: keep the output and flag it, decode with the step of lowest validation loss, or fail the job. |
+| `SLOTQ_VALIDATION_PROMPTS` | path | the shipped `slotq/data/validation_prompts.jsonl` | an existing, readable file | Held-out validation prompts, one JSON object `{"messages": [{"role", "content"}, ...]}` per line. |
 | `SLOTQ_MAX_BODY_BYTES` | bytes | `1048576` | 1024 to 67108864 | Largest HTTP request body; larger bodies get 413. |
+| `SLOTQ_MAX_BATCH_BODY_BYTES` | bytes | `268435456` | 1024 to 4294967296 | Largest batch upload (`POST /v1/batches`); larger bodies get 413. Each line of it is also limited to `SLOTQ_MAX_BODY_BYTES`. |
+| `SLOTQ_MAX_BATCH_LINES` | lines | `50000` | 1 to 1000000 | Most requests in one batch upload. |
+| `SLOTQ_MAX_BATCH_VALIDATION_PROMPTS` | prompts | `16` | 0 to 256 | Most validation prompts a batch may bring. |
 | `SLOTQ_DEFAULT_PAGE_SIZE` | jobs | `50` | 1 to 1000, at most `SLOTQ_MAX_PAGE_SIZE` | Page size of `GET /v1/jobs` without `limit`. |
 | `SLOTQ_MAX_PAGE_SIZE` | jobs | `200` | 1 to 1000 | Largest `limit` of `GET /v1/jobs`. |
 | `SLOTQ_READY_TIMEOUT_S` | seconds | `2.0` | 0.1 to 60.0 | Time limit of each check in `GET /readyz`. |
@@ -61,6 +68,13 @@ QUEUE_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,200}")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
+#: Policies for a job whose δ over-fits: keep the output and flag the job, decode with an earlier
+#: step, or fail the job. ``slotq.guardrails.POLICIES`` lists the same names.
+OVERFIT_POLICIES = ("flag", "fallback", "reject")
+
+#: Validation prompts shipped with slot-queue.
+DEFAULT_VALIDATION_PROMPTS = Path(__file__).parent / "data" / "validation_prompts.jsonl"
+
 
 class SettingsError(SlotqError, ValueError):
     """One or more settings are invalid; the message lists each variable, value and range."""
@@ -72,7 +86,7 @@ class Knob:
 
     field: str
     env: str
-    kind: str  # "str" | "path" | "url" | "queue" | "int" | "float" | "bool" | "choice"
+    kind: str  # "str" | "path" | "file" | "url" | "queue" | "int" | "float" | "bool" | "choice"
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
@@ -92,11 +106,18 @@ KNOBS: tuple[Knob, ...] = (
     Knob("max_lr", "SLOTQ_MAX_LR", "float", 1e-8, 10.0),
     Knob("max_new_tokens", "SLOTQ_MAX_NEW_TOKENS", "int", 1, 32768),
     Knob("max_prompt_chars", "SLOTQ_MAX_PROMPT_CHARS", "int", 1, 1_000_000),
+    Knob("max_prompt_tokens", "SLOTQ_MAX_PROMPT_TOKENS", "int", 1, 1_048_576),
     Knob("max_messages", "SLOTQ_MAX_MESSAGES", "int", 1, 1000),
     Knob("max_stop_strings", "SLOTQ_MAX_STOP_STRINGS", "int", 0, 32),
     Knob("max_stop_chars", "SLOTQ_MAX_STOP_CHARS", "int", 1, 1024),
     Knob("max_metadata_bytes", "SLOTQ_MAX_METADATA_BYTES", "int", 0, 1_048_576),
+    Knob("overfit_tolerance", "SLOTQ_OVERFIT_TOLERANCE", "float", 0.0, 10.0),
+    Knob("overfit_policy", "SLOTQ_OVERFIT_POLICY", "choice", choices=OVERFIT_POLICIES),
+    Knob("validation_prompts", "SLOTQ_VALIDATION_PROMPTS", "file"),
     Knob("max_body_bytes", "SLOTQ_MAX_BODY_BYTES", "int", 1024, 67_108_864),
+    Knob("max_batch_body_bytes", "SLOTQ_MAX_BATCH_BODY_BYTES", "int", 1024, 4_294_967_296),
+    Knob("max_batch_lines", "SLOTQ_MAX_BATCH_LINES", "int", 1, 1_000_000),
+    Knob("max_batch_validation_prompts", "SLOTQ_MAX_BATCH_VALIDATION_PROMPTS", "int", 0, 256),
     Knob("default_page_size", "SLOTQ_DEFAULT_PAGE_SIZE", "int", 1, 1000),
     Knob("max_page_size", "SLOTQ_MAX_PAGE_SIZE", "int", 1, 1000),
     Knob("ready_timeout_s", "SLOTQ_READY_TIMEOUT_S", "float", 0.1, 60.0),
@@ -137,11 +158,19 @@ class Settings:
     max_lr: float = 1.0
     max_new_tokens: int = 512
     max_prompt_chars: int = 20000
+    # None: no cap beyond the model's context length minus max_new_tokens.
+    max_prompt_tokens: int | None = None
     max_messages: int = 64
     max_stop_strings: int = 4
     max_stop_chars: int = 64
     max_metadata_bytes: int = 4096
+    overfit_tolerance: float = 0.05
+    overfit_policy: str = "flag"
+    validation_prompts: Path = DEFAULT_VALIDATION_PROMPTS
     max_body_bytes: int = 1_048_576
+    max_batch_body_bytes: int = 268_435_456
+    max_batch_lines: int = 50_000
+    max_batch_validation_prompts: int = 16
     default_page_size: int = 50
     max_page_size: int = 200
     ready_timeout_s: float = 2.0
@@ -151,6 +180,7 @@ class Settings:
     def __post_init__(self) -> None:
         data_dir = Path(self.data_dir).expanduser()
         object.__setattr__(self, "data_dir", data_dir)
+        object.__setattr__(self, "validation_prompts", Path(self.validation_prompts).expanduser())
         if self.database_url is None:
             object.__setattr__(self, "database_url", default_database_url(data_dir))
         if self.broker_url is None:
@@ -232,6 +262,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "url": str,
     "queue": str,
     "path": lambda raw: Path(raw).expanduser(),
+    "file": lambda raw: Path(raw).expanduser(),
     "int": int,
     "float": _parse_float,
     "bool": _parse_bool,
@@ -252,12 +283,14 @@ def _describe_range(knob: Knob) -> str:
         return "a SQLAlchemy database URL"
     if knob.kind == "queue":
         return "1 to 200 letters, digits, '.', '_' or '-'"
+    if knob.kind == "file":
+        return "the path of an existing, readable file"
     return "a non-empty string"
 
 
 def _check_value(knob: Knob, value: Any) -> str | None:
     """Return an error line when ``value`` breaks the knob's type or range, else None."""
-    if value is None and knob.field in ("database_url", "broker_url", "model"):
+    if value is None and knob.field in ("database_url", "broker_url", "model", "max_prompt_tokens"):
         return None
 
     valid = True
@@ -277,10 +310,13 @@ def _check_value(knob: Knob, value: Any) -> str | None:
         valid = isinstance(value, str) and bool(QUEUE_NAME_PATTERN.fullmatch(value))
     elif knob.kind in ("str", "path"):
         valid = bool(str(value).strip())
+    elif knob.kind == "file":
+        valid = Path(value).is_file() and os.access(value, os.R_OK)
 
     if valid:
         return None
-    return f"{knob.env}={value!r} is invalid: must be {_describe_range(knob)}"
+    shown = str(value) if isinstance(value, Path) else value
+    return f"{knob.env}={shown!r} is invalid: must be {_describe_range(knob)}"
 
 
 def _is_database_url(value: str) -> bool:

@@ -6,7 +6,20 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, Float, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -24,6 +37,28 @@ class JobStatus(str, enum.Enum):
 
 STATUSES = tuple(status.value for status in JobStatus)
 FINISHED_STATUSES = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+
+
+class BatchStatus(str, enum.Enum):
+    """Lifecycle of a batch, derived from its jobs whenever the batch is read.
+
+    queued: no job has started. running: some job has started and some job is not finished.
+    completed: every job is finished. cancelling: cancel was requested and some jobs still run.
+    cancelled: cancel was requested and every job is finished.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+BATCH_STATUSES = tuple(status.value for status in BatchStatus)
+FINISHED_BATCH_STATUSES = (BatchStatus.COMPLETED.value, BatchStatus.CANCELLED.value)
+
+#: Longest ``custom_id`` of a batch line, in characters.
+MAX_CUSTOM_ID_CHARS = 200
 
 
 def utcnow() -> datetime:
@@ -75,6 +110,12 @@ class Job(Base):
         # Newest-first listing, with and without a status filter; id breaks ties of created_at.
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
+        # Newest-first listing of over-fitted (or checked and not over-fitted) jobs.
+        Index("ix_jobs_overfit_created_at_id", "overfit", "created_at", "id"),
+        # Results in input order, and per-batch counts and the first unfinished line.
+        Index("ix_jobs_batch_id_line_number", "batch_id", "line_number", unique=True),
+        Index("ix_jobs_batch_id_custom_id", "batch_id", "custom_id", unique=True),
+        Index("ix_jobs_batch_id_status_line_number", "batch_id", "status", "line_number"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -114,7 +155,77 @@ class Job(Base):
     steps_run: Mapped[int | None] = mapped_column(Integer)
     diverged_at: Mapped[int | None] = mapped_column(Integer)
     seed: Mapped[int | None] = mapped_column(BigInteger)
+    # What happened when the loss or delta stopped being finite at step diverged_at.
+    divergence: Mapped[str | None] = mapped_column(Text)
+
+    # Over-fitting check, null until a worker ran it. Losses are mean next-token losses of the
+    # validation prompts: with the fitted delta, with delta = 0, and with the delta decoded (the
+    # delta of step delta_step, an earlier step under the fallback policy). validation_loss_change
+    # is (validation_loss - validation_loss_base) / validation_loss_base. A loss or change that was
+    # not finite is stored as null. overfit is true when the change was above overfit_tolerance
+    # or the loss was not finite; overfit_policy is set from the request when the job is created.
+    validation_loss: Mapped[float | None] = mapped_column(Float)
+    validation_loss_base: Mapped[float | None] = mapped_column(Float)
+    validation_loss_change: Mapped[float | None] = mapped_column(Float)
+    validation_loss_used: Mapped[float | None] = mapped_column(Float)
+    overfit: Mapped[bool | None] = mapped_column(Boolean)
+    overfit_policy: Mapped[str | None] = mapped_column(String(16))
+    overfit_tolerance: Mapped[float | None] = mapped_column(Float)
+    delta_step: Mapped[int | None] = mapped_column(Integer)
 
     worker: Mapped[str | None] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+
+    # Set for jobs submitted in a batch: line_number is the 1-based line (or array position)
+    # of the request in the upload, so ordering by it gives the input order.
+    batch_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("batches.id", name="fk_jobs_batch_id_batches")
+    )
+    custom_id: Mapped[str | None] = mapped_column(String(MAX_CUSTOM_ID_CHARS))
+    line_number: Mapped[int | None] = mapped_column(Integer)
+    # Output format check, stored with the result when the batch has a response_format.
+    format_ok: Mapped[bool | None] = mapped_column(Boolean)
+    parsed_output: Mapped[Any | None] = mapped_column(JSON)
+    format_source: Mapped[str | None] = mapped_column(String(16))
+    format_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Batch(Base):
+    """A bulk upload of job requests that share defaults, a response format and validation prompts.
+
+    Counts, progress and the status come from the batch's jobs; ``status``, ``started_at`` and
+    ``finished_at`` are stored copies that each read of the batch refreshes.
+    """
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'completed', 'cancelling', 'cancelled')",
+            name="ck_batches_status",
+        ),
+        Index("ix_batches_created_at_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    model_name: Mapped[str] = mapped_column(String(255))
+    # Name of the uploaded file as the client gave it (any Unicode), for people only.
+    input_file_name: Mapped[str | None] = mapped_column(String(255))
+    # Jobs created, and invalid lines left out because the client asked to skip them.
+    line_count: Mapped[int] = mapped_column(Integer)
+    skipped_count: Mapped[int] = mapped_column(Integer)
+
+    # Request fields merged under every line's request, as submitted.
+    defaults: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # {"type": "json_schema", "schema": ...} or {"type": "regex", "pattern": ...}, or null.
+    response_format: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Chat message lists, one per held-out prompt, or null for the workers' default set.
+    validation_prompts: Mapped[list[list[dict[str, str]]] | None] = mapped_column(JSON)
+    batch_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When cancel was requested; queued jobs were cancelled at that time.
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

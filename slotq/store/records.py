@@ -42,9 +42,25 @@ class JobRecord:
     steps_run: int | None
     diverged_at: int | None
     seed: int | None
+    divergence: str | None
+    validation_loss: float | None
+    validation_loss_base: float | None
+    validation_loss_change: float | None
+    validation_loss_used: float | None
+    overfit: bool | None
+    overfit_policy: str | None
+    overfit_tolerance: float | None
+    delta_step: int | None
     worker: str | None
     attempts: int
     error: str | None
+    batch_id: str | None
+    custom_id: str | None
+    line_number: int | None
+    format_ok: bool | None
+    parsed_output: Any
+    format_source: str | None
+    format_error: str | None
 
     @classmethod
     def from_row(cls, job: Job) -> JobRecord:

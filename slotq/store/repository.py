@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from slotq.logging import with_ids
 from slotq.requests import JobRequest
 from slotq.settings import load_settings
+from slotq.store.batches import BatchCancelOutcome, BatchLine, BatchRecord, BatchSpec, BatchStoreMixin
 from slotq.store.cursor import decode_cursor, encode_cursor
 from slotq.store.delta import encode_delta
 from slotq.store.engine import make_engine, make_session_factory
@@ -53,10 +54,33 @@ RESULT_KEYS = (
     "diverged_at",
     "seed",
     "model_name",
+    "divergence",
+    # Output format check of a batch job: the fields of `slotq.formats.FormatCheck.result_fields`.
+    "format_ok",
+    "parsed_output",
+    "format_source",
+    "format_error",
+)
+
+#: Keys that `complete_job` and `fail_job` accept in ``guard``: the keys of
+#: ``slotq.guardrails.GuardOutcome.to_dict()`` plus ``tolerance``, the relative rise of the
+#: validation loss that the check allowed. ``rejected`` and ``reason`` are not stored: a
+#: rejected job is failed, and its error contains the reason.
+GUARD_KEYS = (
+    "validation_loss",
+    "validation_loss_base",
+    "validation_loss_change",
+    "validation_loss_used",
+    "overfit",
+    "policy",
+    "delta_step",
+    "rejected",
+    "reason",
+    "tolerance",
 )
 
 
-class JobRepository:
+class JobRepository(BatchStoreMixin):
     """Job store operations on one engine.
 
     Args:
@@ -88,6 +112,7 @@ class JobRepository:
             generation=request.to_dict()["generation"],
             job_metadata=request.metadata,
             model_name=model_name,
+            overfit_policy=request.slot.overfit_policy,
             created_at=now,
             queued_at=now,
             attempts=0,
@@ -134,26 +159,32 @@ class JobRepository:
         log.info("job claimed by worker %s, attempt %d", worker, record.attempts)
         return record
 
-    def complete_job(self, job_id: str, result: Mapping[str, Any]) -> bool:
+    def complete_job(
+        self, job_id: str, result: Mapping[str, Any], guard: Mapping[str, Any] | None = None
+    ) -> bool:
         """Store the result of a running job and mark it succeeded.
 
         Args:
             result: any of `RESULT_KEYS`. ``text`` is accepted for ``output_text`` (the key of
                 ``GenerationResult.to_dict``). ``delta`` is a float sequence, a tensor or
                 float32 little-endian bytes. ``timings_ms`` is merged into the stored timings,
-                which keep ``queue_wait``.
+                which keep ``queue_wait``. When ``diverged_at`` is set and ``divergence`` is
+                not, a note naming the step and the kept delta is stored.
+            guard: the over-fitting check, any of `GUARD_KEYS`; None leaves those columns as
+                they are. Non-finite losses are stored as null.
 
         Returns:
             True when this call stored the result; False when the job was not running, in which
             case nothing is written (a second completion never overwrites the first).
 
         Raises:
-            ValueError: ``result`` has a key outside `RESULT_KEYS`.
+            ValueError: ``result`` has a key outside `RESULT_KEYS`, or ``guard`` one outside
+                `GUARD_KEYS`.
         """
         unknown = sorted(set(result) - set(RESULT_KEYS))
         if unknown:
             raise ValueError(f"unknown result keys {unknown}; allowed keys: {', '.join(RESULT_KEYS)}")
-        values = _result_columns(result)
+        values = {**_result_columns(result), **_guard_columns(guard)}
 
         log = with_ids(logger, job_id=job_id)
         with self._sessions.begin() as session:
@@ -175,10 +206,19 @@ class JobRepository:
             log.warning("result not stored: job is missing or not running")
         return completed
 
-    def fail_job(self, job_id: str, error: str) -> bool:
-        """Mark a queued or running job failed with ``error``; False when it was neither."""
+    def fail_job(self, job_id: str, error: str, guard: Mapping[str, Any] | None = None) -> bool:
+        """Mark a queued or running job failed with ``error``; False when it was neither.
+
+        Args:
+            guard: the over-fitting check of a job that the reject policy failed, any of
+                `GUARD_KEYS`, stored like `complete_job` stores it.
+
+        Raises:
+            ValueError: ``guard`` has a key outside `GUARD_KEYS`.
+        """
         if len(error) > MAX_ERROR_CHARS:
             error = error[: MAX_ERROR_CHARS - 1] + "…"
+        guard_values = _guard_columns(guard)
 
         log = with_ids(logger, job_id=job_id)
         with self._sessions.begin() as session:
@@ -189,6 +229,7 @@ class JobRepository:
                 status=JobStatus.FAILED.value,
                 finished_at=self._clock(),
                 error=error,
+                **guard_values,
             )
 
         if failed:
@@ -233,12 +274,17 @@ class JobRepository:
             return JobRecord.from_row(job) if job is not None else None
 
     def list_jobs(
-        self, status: str | None = None, cursor: str | None = None, limit: int = 50
+        self,
+        status: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        overfit: bool | None = None,
     ) -> tuple[list[JobRecord], str | None]:
         """Return one page of jobs, newest first, and the cursor of the next page (or None).
 
         The order is (created_at, id) descending, so pages neither skip nor repeat jobs while
-        new jobs arrive.
+        new jobs arrive. ``overfit`` True or False keeps only jobs whose over-fitting check
+        found that; jobs not checked (overfit null) match neither.
 
         Raises:
             ValueError: ``status`` is not a job status or ``limit`` is below 1.
@@ -252,6 +298,9 @@ class JobRepository:
         query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
         if status is not None:
             query = query.where(Job.status == status)
+        if overfit is not None:
+            # "= true", not "IS true", so Postgres can use ix_jobs_overfit_created_at_id.
+            query = query.where(Job.overfit == bool(overfit))
         if cursor is not None:
             created_at, job_id = decode_cursor(cursor)
             query = query.where(
@@ -292,6 +341,37 @@ def _result_columns(result: Mapping[str, Any]) -> dict[str, Any]:
         values["delta_norm"] = _finite_or_none(result["delta_norm"])
     if result.get("delta") is not None:
         values["delta"], values["delta_dim"] = encode_delta(result["delta"])
+    if result.get("diverged_at") is not None and not result.get("divergence"):
+        values["divergence"] = _divergence_note(result["diverged_at"], result.get("steps_run"))
+    return values
+
+
+def _divergence_note(diverged_at: int, steps_run: int | None) -> str:
+    note = f"optimisation stopped at step {diverged_at} because the loss or delta was not finite"
+    if steps_run is None:
+        return note
+    return f"{note}; the fit kept the last finite delta, from step {steps_run} (step 0 is delta = 0)"
+
+
+def _guard_columns(guard: Mapping[str, Any] | None) -> dict[str, Any]:
+    if guard is None:
+        return {}
+    unknown = sorted(set(guard) - set(GUARD_KEYS))
+    if unknown:
+        raise ValueError(f"unknown guard keys {unknown}; allowed keys: {', '.join(GUARD_KEYS)}")
+
+    values: dict[str, Any] = {}
+    for key in ("validation_loss", "validation_loss_base", "validation_loss_change", "validation_loss_used"):
+        if key in guard:
+            values[key] = _finite_or_none(guard[key])
+    if "tolerance" in guard:
+        values["overfit_tolerance"] = _finite_or_none(guard["tolerance"])
+    if "overfit" in guard:
+        values["overfit"] = None if guard["overfit"] is None else bool(guard["overfit"])
+    if "policy" in guard:
+        values["overfit_policy"] = guard["policy"]
+    if "delta_step" in guard:
+        values["delta_step"] = guard["delta_step"]
     return values
 
 
@@ -337,14 +417,14 @@ def claim_job(job_id: str, worker: str) -> JobRecord | None:
     return default_repository().claim_job(job_id, worker)
 
 
-def complete_job(job_id: str, result: Mapping[str, Any]) -> bool:
+def complete_job(job_id: str, result: Mapping[str, Any], guard: Mapping[str, Any] | None = None) -> bool:
     """`JobRepository.complete_job` on the default repository."""
-    return default_repository().complete_job(job_id, result)
+    return default_repository().complete_job(job_id, result, guard)
 
 
-def fail_job(job_id: str, error: str) -> bool:
+def fail_job(job_id: str, error: str, guard: Mapping[str, Any] | None = None) -> bool:
     """`JobRepository.fail_job` on the default repository."""
-    return default_repository().fail_job(job_id, error)
+    return default_repository().fail_job(job_id, error, guard)
 
 
 def cancel_job(job_id: str) -> CancelOutcome:
@@ -358,7 +438,17 @@ def get_job(job_id: str) -> JobRecord | None:
 
 
 def list_jobs(
-    status: str | None = None, cursor: str | None = None, limit: int = 50
+    status: str | None = None, cursor: str | None = None, limit: int = 50, overfit: bool | None = None
 ) -> tuple[list[JobRecord], str | None]:
     """`JobRepository.list_jobs` on the default repository."""
-    return default_repository().list_jobs(status=status, cursor=cursor, limit=limit)
+    return default_repository().list_jobs(status=status, cursor=cursor, limit=limit, overfit=overfit)
+
+
+def get_batch(batch_id: str, counts: bool = True) -> BatchRecord | None:
+    """`JobRepository.get_batch` on the default repository."""
+    return default_repository().get_batch(batch_id, counts=counts)
+
+
+def cancel_batch(batch_id: str) -> BatchCancelOutcome:
+    """`JobRepository.cancel_batch` on the default repository."""
+    return default_repository().cancel_batch(batch_id)

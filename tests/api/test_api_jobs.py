@@ -50,7 +50,7 @@ def test_get_queued_job(client: FlaskClient, schema_check) -> None:
     assert schema_check("Job", body) == []
     assert body["status"] == "queued"
     assert body["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert body["request"]["slot"] == {"steps": 5, "lr": 0.1}
+    assert body["request"]["slot"] == {"steps": 5, "lr": 0.1, "overfit_policy": "flag"}
     assert body["request"]["metadata"] == {"k": 1}
     assert body["result"] is None
     assert body["timings_ms"] == {}

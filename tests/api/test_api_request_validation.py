@@ -42,6 +42,7 @@ def test_defaults_filled_in() -> None:
     assert request.messages is None
     assert request.slot.steps == 5
     assert request.slot.lr == 0.1
+    assert request.slot.overfit_policy == "flag"
     assert request.generation.max_new_tokens == 64
     assert request.generation.temperature == 0.0
     assert request.generation.top_p == 1.0
@@ -75,7 +76,7 @@ def test_messages_parsed() -> None:
 def test_to_dict_round_trip() -> None:
     body = {
         "messages": [{"role": "user", "content": "東京"}],
-        "slot": {"steps": 3, "lr": 0.05},
+        "slot": {"steps": 3, "lr": 0.05, "overfit_policy": "fallback"},
         "generation": {"max_new_tokens": 10, "temperature": 0.7, "top_p": 0.9, "seed": 7, "stop": ["\n"]},
         "metadata": {"tag": ["a", 1, None, {"x": 1.5}]},
     }
@@ -121,7 +122,9 @@ ACCEPTED = [
     ("generation.seed", 0),
     ("generation.seed", MAX_SEED),
     ("generation.stop", []),
+    ("generation.stop", ["a", "b", "c"]),
     ("generation.stop", ["a", "b", "c", "d"]),
+    ("generation.stop", ["x" * 63]),
     ("generation.stop", ["x" * 64]),
     ("generation.stop", ["\n\n"]),
     ("prompt", "x"),
@@ -129,6 +132,9 @@ ACCEPTED = [
     ("prompt", "x" * 20000),
     ("prompt", "tab\tnewline\ncarriage\r"),
     ("metadata", {}),
+    ("slot.overfit_policy", "flag"),
+    ("slot.overfit_policy", "fallback"),
+    ("slot.overfit_policy", "reject"),
 ]
 
 
@@ -147,6 +153,9 @@ REJECTED = [
     ("slot.steps", "5", "integer"),
     ("slot.steps", True, "integer"),
     ("slot.steps", None, "integer"),
+    ("slot.steps", math.nan, "between 0 and 20"),
+    ("slot.steps", math.inf, "between 0 and 20"),
+    ("slot.steps", -math.inf, "between 0 and 20"),
     ("slot.lr", 9.9e-5, "between 0.0001 and 1.0"),
     ("slot.lr", 1.0000001, "between 0.0001 and 1.0"),
     ("slot.lr", 0, "between 0.0001 and 1.0"),
@@ -155,22 +164,38 @@ REJECTED = [
     ("slot.lr", True, "number"),
     ("slot.lr", math.nan, "number"),
     ("slot.lr", math.inf, "number"),
+    ("slot.lr", -math.inf, "between 0.0001 and 1.0"),
     ("generation.max_new_tokens", 0, "between 1 and 512"),
     ("generation.max_new_tokens", 513, "between 1 and 512"),
     ("generation.max_new_tokens", False, "integer"),
     ("generation.max_new_tokens", "64", "integer"),
+    ("generation.max_new_tokens", -1, "between 1 and 512"),
+    ("generation.max_new_tokens", True, "between 1 and 512"),
+    ("generation.max_new_tokens", math.nan, "between 1 and 512"),
+    ("generation.max_new_tokens", math.inf, "between 1 and 512"),
+    ("generation.max_new_tokens", -math.inf, "between 1 and 512"),
     ("generation.temperature", -1e-9, "at least 0"),
     ("generation.temperature", math.inf, "finite"),
     ("generation.temperature", -math.inf, "finite"),
     ("generation.temperature", math.nan, "finite"),
     ("generation.temperature", "0", "number"),
+    ("generation.temperature", True, "at least 0"),
     ("generation.top_p", 0, "greater than 0"),
     ("generation.top_p", 1.0000001, "at most 1"),
     ("generation.top_p", math.nan, "greater than 0"),
+    ("generation.top_p", math.inf, "at most 1"),
+    ("generation.top_p", -math.inf, "greater than 0"),
+    ("generation.top_p", -0.5, "greater than 0"),
+    ("generation.top_p", "0.5", "greater than 0"),
+    ("generation.top_p", True, "greater than 0"),
     ("generation.seed", -1, "between 0 and"),
     ("generation.seed", MAX_SEED + 1, "between 0 and"),
     ("generation.seed", 1.5, "integer"),
     ("generation.seed", True, "integer"),
+    ("generation.seed", "7", "integer"),
+    ("generation.seed", math.nan, "between 0 and"),
+    ("generation.seed", math.inf, "between 0 and"),
+    ("generation.seed", -math.inf, "between 0 and"),
     ("generation.stop", ["a", "b", "c", "d", "e"], "at most 4"),
     ("generation.stop", "a", "array"),
     ("generation.stop.0", "x" * 65, "at most 64"),
@@ -192,6 +217,13 @@ REJECTED = [
     ("metadata", {"x": math.nan}, "NaN"),
     ("metadata", {"x": "\udc00"}, "Unicode"),
     ("slot", 5, "object"),
+    ("slot.overfit_policy", "drop", "one of flag, fallback, reject"),
+    ("slot.overfit_policy", "FLAG", "one of flag, fallback, reject"),
+    ("slot.overfit_policy", "", "one of flag, fallback, reject"),
+    ("slot.overfit_policy", None, "one of flag, fallback, reject"),
+    ("slot.overfit_policy", 1, "one of flag, fallback, reject"),
+    ("slot.overfit_policy", True, "one of flag, fallback, reject"),
+    ("slot.overfit_policy", ["flag"], "one of flag, fallback, reject"),
     ("generation", [], "object"),
 ]
 
@@ -226,6 +258,7 @@ def test_metadata_size_limit() -> None:
     at_limit = {"k": "x" * (4096 - 8)}
     assert len(json.dumps(at_limit, separators=(",", ":"))) == 4096
     parse_job_request({"prompt": "x", "metadata": at_limit}, SETTINGS)
+    parse_job_request({"prompt": "x", "metadata": {"k": "x" * (4096 - 9)}}, SETTINGS)
 
     over = {"k": "x" * (4096 - 7)}
     errors = errors_of({"prompt": "x", "metadata": over})
@@ -290,6 +323,7 @@ def test_bad_messages(messages: object, expected_fields: list[str]) -> None:
 
 def test_message_count_limit() -> None:
     message = {"role": "user", "content": "x"}
+    parse_job_request({"messages": [message] * 63}, SETTINGS)
     parse_job_request({"messages": [message] * 64}, SETTINGS)
 
     assert fields_of({"messages": [message] * 65}) == ["messages"]
@@ -298,6 +332,7 @@ def test_message_count_limit() -> None:
 def test_messages_total_length_limit() -> None:
     half = {"role": "user", "content": "x" * 10000}
     parse_job_request({"messages": [half, half]}, SETTINGS)
+    parse_job_request({"messages": [half, {"role": "user", "content": "x" * 9999}]}, SETTINGS)
 
     errors = errors_of({"messages": [half, half, {"role": "user", "content": "y"}]})
 

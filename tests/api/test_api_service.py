@@ -141,14 +141,28 @@ def test_openapi_served(client: FlaskClient, postgres_settings: Settings) -> Non
     assert response.status_code == 200
     assert document == build_openapi(postgres_settings)
     assert document["openapi"] == "3.1.0"
-    assert set(document["paths"]) == {"/v1/jobs", "/v1/jobs/{job_id}", "/healthz", "/readyz", "/openapi.json"}
+    assert set(document["paths"]) == {
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/batches",
+        "/v1/batches/{batch_id}",
+        "/v1/batches/{batch_id}/results",
+        "/v1/batches/{batch_id}/cancel",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+    }
     for schema in document["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
 
 
 def test_openapi_routes_exist(app) -> None:
     document = build_openapi(app.extensions["slotq"].settings)
-    rules = {(rule.rule.replace("<job_id>", "{job_id}"), method) for rule in app.url_map.iter_rules() for method in rule.methods}
+    rules = {
+        (rule.rule.replace("<job_id>", "{job_id}").replace("<batch_id>", "{batch_id}"), method)
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods
+    }
 
     for path, operations in document["paths"].items():
         for method in operations:
@@ -179,6 +193,9 @@ AGREEMENT_BODIES = [
     {"prompt": "x", "generation": {"seed": -1}},
     {"prompt": "x", "extra": 1},
     {"prompt": "x", "slot": {"extra": 1}},
+    {"prompt": "x", "slot": {"overfit_policy": "fallback"}},
+    {"prompt": "x", "slot": {"overfit_policy": "drop"}},
+    {"prompt": "x", "slot": {"overfit_policy": None}},
     {"prompt": "", "metadata": {}},
     {"prompt": "x" * 20001},
     {"messages": [{"role": "user", "content": "x"}]},

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
 from slotq.store import Base, make_engine
-from slotq.store.migrate import current_revision, downgrade, upgrade
+from slotq.store.migrate import alembic_config, current_revision, downgrade, upgrade
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 def schema_differences(engine: Engine) -> list:
@@ -18,14 +23,14 @@ def schema_differences(engine: Engine) -> list:
 
 
 def test_postgres_schema_matches_models(postgres_engine: Engine, postgres_url: str) -> None:
-    assert current_revision(postgres_url) == "0001"
+    assert current_revision(postgres_url) == head_revision()
     assert schema_differences(postgres_engine) == []
 
 
 def test_sqlite_schema_matches_models(sqlite_url: str) -> None:
     engine = make_engine(sqlite_url)
 
-    assert current_revision(sqlite_url) == "0001"
+    assert current_revision(sqlite_url) == head_revision()
     assert schema_differences(engine) == []
     engine.dispose()
 
@@ -54,7 +59,7 @@ def test_downgrade_and_upgrade_again(tmp_path) -> None:
 def test_upgrade_twice_is_harmless(sqlite_url: str) -> None:
     upgrade(sqlite_url)
 
-    assert current_revision(sqlite_url) == "0001"
+    assert current_revision(sqlite_url) == head_revision()
 
 
 def test_upgrade_creates_sqlite_folder(tmp_path) -> None:
