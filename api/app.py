@@ -12,9 +12,11 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from api import batches, health, jobs, openapi
+from api import admin, batches, health, jobs, openapi
+from api.auth import authenticate
 from api.enqueue import Enqueue, make_celery_enqueue
 from api.errors import register_error_handlers
+from api.ratelimit import limit_rate, make_rate_limiter
 from api.state import EXTENSION_KEY, ApiState
 from slotq.logging import configure_logging
 from slotq.settings import Settings, load_settings
@@ -53,15 +55,25 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False
     app.json.sort_keys = False
-    app.extensions[EXTENSION_KEY] = ApiState(settings=settings, repository=repository, enqueue=enqueue)
+    app.extensions[EXTENSION_KEY] = ApiState(
+        settings=settings, repository=repository, enqueue=enqueue, rate_limiter=make_rate_limiter(settings)
+    )
 
+    # Hooks run in this order, so a request without a valid key never reaches the rate limit
+    # or a handler, and nothing reads the body before the handler sets its size limit.
     app.before_request(_assign_request_id)
+    app.before_request(authenticate)
+    app.before_request(limit_rate)
     app.after_request(_send_request_id)
     register_error_handlers(app)
-    for blueprint in (jobs.blueprint, batches.blueprint, health.blueprint, openapi.blueprint):
+    for blueprint in (jobs.blueprint, batches.blueprint, admin.blueprint, health.blueprint, openapi.blueprint):
         app.register_blueprint(blueprint)
 
-    logger.info("API app created; embedded=%s, queue=%s", settings.embedded, settings.queue)
+    if settings.auth == "disabled":
+        logger.warning(
+            "SLOTQ_AUTH=disabled: every request acts as an admin without a key; never expose this API to others"
+        )
+    logger.info("API app created; embedded=%s, queue=%s, auth=%s", settings.embedded, settings.queue, settings.auth)
     return app
 
 

@@ -20,13 +20,17 @@ from collections.abc import Iterator
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from api.auth import current_principal
+from api.backpressure import check_queue_room, queue_full
 from api.batch_views import batch_detail, batch_url, result_line, results_url
 from api.enqueue import enqueue_all
 from api.errors import ApiError
+from api.idempotency import HashingReader, idempotency_key, replay
 from api.jobs import JOB_ID_PATTERN
 from api.state import current_state
 from slotq.batches import JSON_MEDIA_TYPE, JSONL_MEDIA_TYPES, BatchUpload, BatchUploadError
 from slotq.logging import with_ids
+from slotq.store import BatchRecord, IdempotencyClaim, IdempotencyKeyExistsError, QueueFullError
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +53,12 @@ MAX_AFTER_LINE = 2**31 - 1
 
 @blueprint.post("")
 def submit_batch() -> tuple[Response, int, dict[str, str]]:
-    """Parse an upload, store the batch and its jobs, and send the jobs to the workers."""
+    """Parse an upload, store the batch and its jobs, and send the jobs to the workers.
+
+    A repeated ``Idempotency-Key`` returns the first response instead (see `api.idempotency`).
+    """
     state = current_state()
+    tenant_id = current_principal().tenant_id
     limit = state.settings.max_batch_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
@@ -58,39 +66,84 @@ def submit_batch() -> tuple[Response, int, dict[str, str]]:
 
     media_type = _upload_media_type()
     skip_invalid, file_name = _submit_parameters()
-    upload = BatchUpload(request.stream, media_type, state.settings, skip_invalid, file_name)
+    key = idempotency_key()
+    reader = HashingReader(request.stream)
+
+    if key is not None:
+        stored = state.repository.find_stored_response(tenant_id, key)
+        if stored is not None:
+            return replay(stored, _read_or_413(lambda: _drained_hash(reader), limit))
+
+    check_queue_room()
+    upload = BatchUpload(reader, media_type, state.settings, skip_invalid, file_name)
+    claim = None
+    if key is not None:
+        claim = IdempotencyClaim(
+            tenant_id,
+            key,
+            lambda: _drained_hash(reader),
+            state.settings.idempotency_ttl_s,
+            lambda batch: _accepted_body(batch, upload),
+        )
 
     try:
         spec = upload.read_spec()
         batch, job_ids = state.repository.create_batch(
-            spec, upload.lines(), state.settings.model_name, skipped_count=lambda: len(upload.skipped)
+            spec,
+            upload.lines(),
+            state.settings.model_name,
+            skipped_count=lambda: len(upload.skipped),
+            tenant_id=tenant_id,
+            idempotency=claim,
+            max_queued_jobs=state.settings.max_queued_jobs,
         )
     except BatchUploadError as error:
         raise ApiError(error.status, error.code, error.message, error.details) from error
     except RequestEntityTooLarge as error:
         # A chunked body has no Content-Length, so its size is only known while reading it.
         raise _too_large(limit) from error
+    except IdempotencyKeyExistsError as error:
+        return replay(error.stored, _read_or_413(lambda: _drained_hash(reader), limit))
+    except QueueFullError as error:
+        raise queue_full(error) from error
 
-    log = with_ids(logger, batch_id=batch.id, request_id=g.request_id)
+    log = with_ids(logger, batch_id=batch.id, request_id=g.request_id, tenant_id=tenant_id)
     _send_jobs(state.enqueue, job_ids, log)
 
-    url = batch_url(batch.id)
-    body = {
+    body = _accepted_body(batch, upload)
+    return jsonify(body), 202, {"Location": body["url"]}
+
+
+def _accepted_body(batch: BatchRecord, upload: BatchUpload) -> dict:
+    return {
         "id": batch.id,
         "status": batch.status,
-        "url": url,
+        "url": batch_url(batch.id),
         "results_url": results_url(batch.id),
         "line_count": batch.line_count,
         "skipped_count": batch.skipped_count,
         "skipped": upload.skipped,
     }
-    return jsonify(body), 202, {"Location": url}
+
+
+def _drained_hash(reader: HashingReader) -> str:
+    """Return the hash of the whole body; the parser may stop before the last bytes (a closing brace)."""
+    reader.drain()
+    return reader.hexdigest()
+
+
+def _read_or_413(read, limit: int):
+    """Call ``read``, turning an over-limit chunked body into the batch's 413 error."""
+    try:
+        return read()
+    except RequestEntityTooLarge as error:
+        raise _too_large(limit) from error
 
 
 @blueprint.get("/<batch_id>")
 def get_batch(batch_id: str) -> Response:
     """Return the batch's status, counts, progress and estimated time left."""
-    batch = current_state().repository.get_batch(_checked_batch_id(batch_id))
+    batch = current_state().repository.get_batch(_checked_batch_id(batch_id), tenant_id=current_principal().tenant_id)
     if batch is None:
         raise _batch_not_found(batch_id)
     return jsonify(batch_detail(batch))
@@ -102,7 +155,7 @@ def get_results(batch_id: str) -> Response:
     repository = current_state().repository
     batch_id = _checked_batch_id(batch_id)
     after_line = _after_line()
-    if repository.get_batch(batch_id, counts=False) is None:
+    if repository.get_batch(batch_id, counts=False, tenant_id=current_principal().tenant_id) is None:
         raise _batch_not_found(batch_id)
 
     results_range = repository.batch_results_range(batch_id, after_line)
@@ -118,7 +171,7 @@ def get_results(batch_id: str) -> Response:
 @blueprint.post("/<batch_id>/cancel")
 def cancel_batch(batch_id: str) -> Response:
     """Cancel the batch's queued jobs; running jobs finish and finished results are kept."""
-    outcome = current_state().repository.cancel_batch(_checked_batch_id(batch_id))
+    outcome = current_state().repository.cancel_batch(_checked_batch_id(batch_id), tenant_id=current_principal().tenant_id)
     if not outcome.found:
         raise _batch_not_found(batch_id)
 

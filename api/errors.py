@@ -35,14 +35,23 @@ class ApiError(Exception):
         code: stable machine-readable error code, such as ``validation_failed``.
         message: one sentence for people, naming the value and what is allowed.
         details: per-field problems, each ``{"field", "value", "message"}``.
+        headers: extra response headers, such as ``Retry-After``.
     """
 
-    def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details or []
+        self.headers = headers or {}
 
 
 def error_response(
@@ -71,7 +80,9 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def _handle_api_error(error: ApiError) -> Response:
-    return error_response(error.status, error.code, error.message, error.details)
+    response = error_response(error.status, error.code, error.message, error.details)
+    response.headers.update(error.headers)
+    return response
 
 
 def _handle_http_exception(error: HTTPException) -> Response:

@@ -10,12 +10,23 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from api.auth import current_principal
+from api.backpressure import check_queue_room, queue_full
 from api.errors import ApiError
+from api.idempotency import idempotency_key, json_request_hash, replay
 from api.state import current_state
 from api.views import job_detail, job_summary, job_url
 from slotq.logging import with_ids
 from slotq.requests import RequestValidationError, parse_job_request
-from slotq.store import STATUSES, CancelResult, InvalidCursorError
+from slotq.store import (
+    STATUSES,
+    CancelResult,
+    IdempotencyClaim,
+    IdempotencyKeyExistsError,
+    InvalidCursorError,
+    JobRecord,
+    QueueFullError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +41,43 @@ OVERFIT_VALUES = {"true": True, "false": False}
 
 @blueprint.post("")
 def submit_job() -> tuple[Response, int, dict[str, str]]:
-    """Validate a job request, store it as queued and send it to the workers."""
+    """Validate a job request, store it as queued and send it to the workers.
+
+    A repeated ``Idempotency-Key`` returns the first response instead (see `api.idempotency`).
+    """
     state = current_state()
+    tenant_id = current_principal().tenant_id
+    key = idempotency_key()
     body = _read_json_body()
+
+    claim = None
+    if key is not None:
+        request_hash = json_request_hash(body)
+        stored = state.repository.find_stored_response(tenant_id, key)
+        if stored is not None:
+            return replay(stored, request_hash)
+        claim = IdempotencyClaim(tenant_id, key, request_hash, state.settings.idempotency_ttl_s, _accepted_body)
+
+    check_queue_room()
     try:
         job_request = parse_job_request(body, state.settings)
     except RequestValidationError as error:
         raise ApiError(422, "validation_failed", "the job request is invalid", error.errors) from error
 
-    job = state.repository.create_job(job_request, state.settings.model_name)
-    log = with_ids(logger, job_id=job.id, request_id=g.request_id)
+    try:
+        job = state.repository.create_job(
+            job_request,
+            state.settings.model_name,
+            tenant_id=tenant_id,
+            idempotency=claim,
+            max_queued_jobs=state.settings.max_queued_jobs,
+        )
+    except IdempotencyKeyExistsError as error:
+        return replay(error.stored, request_hash)
+    except QueueFullError as error:
+        raise queue_full(error) from error
+
+    log = with_ids(logger, job_id=job.id, request_id=g.request_id, tenant_id=tenant_id)
     try:
         state.enqueue(job.id)
     except Exception:
@@ -51,14 +89,14 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     else:
         log.info("job accepted and sent to queue %s", state.settings.queue)
 
-    url = job_url(job.id)
-    return jsonify({"id": job.id, "status": job.status, "url": url}), 202, {"Location": url}
+    body = _accepted_body(job)
+    return jsonify(body), 202, {"Location": body["url"]}
 
 
 @blueprint.get("/<job_id>")
 def get_job(job_id: str) -> Response:
     """Return one job with its request, timestamps, timings and result."""
-    job = current_state().repository.get_job(_checked_job_id(job_id))
+    job = current_state().repository.get_job(_checked_job_id(job_id), tenant_id=current_principal().tenant_id)
     if job is None:
         raise _job_not_found(job_id)
     return jsonify(job_detail(job))
@@ -73,7 +111,7 @@ def list_jobs() -> Response:
     )
     try:
         jobs, next_cursor = state.repository.list_jobs(
-            status=status, cursor=cursor, limit=limit, overfit=overfit
+            status=status, cursor=cursor, limit=limit, overfit=overfit, tenant_id=current_principal().tenant_id
         )
     except InvalidCursorError as error:
         raise ApiError(
@@ -88,7 +126,7 @@ def list_jobs() -> Response:
 @blueprint.delete("/<job_id>")
 def cancel_job(job_id: str) -> Response:
     """Cancel a queued job; a running or finished job gets 409 and is left as it is."""
-    outcome = current_state().repository.cancel_job(_checked_job_id(job_id))
+    outcome = current_state().repository.cancel_job(_checked_job_id(job_id), tenant_id=current_principal().tenant_id)
     log = with_ids(logger, job_id=job_id, request_id=g.request_id)
 
     if outcome.result is CancelResult.NOT_FOUND:
@@ -113,6 +151,10 @@ def cancel_job(job_id: str) -> Response:
 
     log.info("job cancelled")
     return jsonify(job_detail(outcome.job))
+
+
+def _accepted_body(job: JobRecord) -> dict[str, Any]:
+    return {"id": job.id, "status": job.status, "url": job_url(job.id)}
 
 
 def _read_json_body() -> Any:

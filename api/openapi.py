@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from api.batches_openapi import batch_paths, batch_schemas
+from api.security_openapi import add_security, admin_paths, admin_schemas
 from api.state import current_state
 from slotq import __version__
 from slotq.requests import (
@@ -33,6 +34,10 @@ NULLABLE_INTEGER = {"type": ["integer", "null"]}
 NULLABLE_NUMBER = {"type": ["number", "null"]}
 TIMESTAMP = {"type": "string", "format": "date-time"}
 NULLABLE_TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
+PURGED_AT = {
+    **NULLABLE_TIMESTAMP,
+    "description": "When 'slotq purge' removed the prompt, output and δ; the measurements stay.",
+}
 
 
 @blueprint.get("/openapi.json")
@@ -43,7 +48,7 @@ def openapi_json() -> Response:
 
 def build_openapi(settings: Settings) -> dict[str, Any]:
     """Return the OpenAPI 3.1 document, with limits taken from ``settings``."""
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "slot-queue",
@@ -54,9 +59,11 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                 "header; a request may set it (1 to 128 letters, digits, '.', '_' or '-')."
             ),
         },
-        "paths": {**_paths(settings), **batch_paths(settings)},
+        "paths": {**_paths(settings), **batch_paths(settings), **admin_paths()},
         "components": {"schemas": _schemas(settings), "responses": _responses()},
     }
+    add_security(document, settings)
+    return document
 
 
 def _error_ref(description: str) -> dict[str, Any]:
@@ -204,6 +211,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
         **_job_schemas(),
         **_service_schemas(),
         **batch_schemas(settings),
+        **admin_schemas(),
     }
 
 
@@ -379,6 +387,7 @@ def _job_schemas() -> dict[str, Any]:
                 "worker",
                 "attempts",
                 "error",
+                "purged_at",
             ],
             "properties": {
                 "id": {"type": "string"},
@@ -386,8 +395,11 @@ def _job_schemas() -> dict[str, Any]:
                 "url": {"type": "string"},
                 "model": {"type": "string"},
                 "request": {
-                    "$ref": "#/components/schemas/JobRequest",
-                    "description": "The request as validated, with every default filled in.",
+                    "anyOf": [{"$ref": "#/components/schemas/JobRequest"}, {"$ref": "#/components/schemas/PurgedRequest"}],
+                    "description": (
+                        "The request as validated, with every default filled in; without prompt and "
+                        "messages once the job was purged."
+                    ),
                 },
                 "created_at": TIMESTAMP,
                 "queued_at": TIMESTAMP,
@@ -403,6 +415,17 @@ def _job_schemas() -> dict[str, Any]:
                 "worker": {**NULLABLE_STRING, "description": "Host and process of the last worker."},
                 "attempts": {"type": "integer", "minimum": 0},
                 "error": NULLABLE_STRING,
+                "purged_at": PURGED_AT,
+            },
+        },
+        "PurgedRequest": {
+            "type": "object",
+            "description": "The request of a purged job: its parameters, without prompt or messages.",
+            "not": {"anyOf": [{"required": ["prompt"]}, {"required": ["messages"]}]},
+            "properties": {
+                "slot": {"$ref": "#/components/schemas/SlotParams"},
+                "generation": {"$ref": "#/components/schemas/GenerationParams"},
+                "metadata": {"type": "object"},
             },
         },
         "JobSummary": {
@@ -422,6 +445,7 @@ def _job_schemas() -> dict[str, Any]:
                 "guardrails",
                 "attempts",
                 "error",
+                "purged_at",
             ],
             "properties": {
                 "id": {"type": "string"},
@@ -438,6 +462,7 @@ def _job_schemas() -> dict[str, Any]:
                 "guardrails": {"$ref": "#/components/schemas/Guardrails"},
                 "attempts": {"type": "integer", "minimum": 0},
                 "error": NULLABLE_STRING,
+                "purged_at": PURGED_AT,
             },
         },
         "JobList": {

@@ -1,8 +1,9 @@
-"""Per-app objects that route handlers share: settings, repository and the enqueue function."""
+"""Per-app objects that route handlers share: settings, repository, enqueue function, rate limiter."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from flask import current_app
 
@@ -20,6 +21,8 @@ class ApiState:
     settings: Settings
     repository: JobRepository
     enqueue: Enqueue
+    # api.ratelimit.RateLimiter, or None when the rate limit is off.
+    rate_limiter: Any = None
 
 
 def current_state() -> ApiState:

@@ -39,6 +39,7 @@ def job_summary(job: JobRecord) -> dict[str, Any]:
         "guardrails": _guardrails(job),
         "attempts": job.attempts,
         "error": job.error,
+        "purged_at": format_time(job.purged_at),
     }
 
 
@@ -61,6 +62,7 @@ def job_detail(job: JobRecord) -> dict[str, Any]:
         "worker": job.worker,
         "attempts": job.attempts,
         "error": job.error,
+        "purged_at": format_time(job.purged_at),
     }
 
 

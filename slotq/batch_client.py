@@ -5,6 +5,9 @@ Progress bars (tqdm, on stderr) show the upload in bytes, processing in finished
 download in lines. ``results`` resumes an interrupted download: it keeps the complete lines
 already in the output file, drops a trailing partial line, and asks the server for the lines
 after the last one it has (``after_line``).
+
+Every request sends the API key ``api_key``, or ``SLOTQ_API_KEY`` when no key is given, as
+``Authorization: Bearer KEY``.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def submit_batch(
     skip_invalid: bool = False,
     progress: bool = True,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    api_key: str | None = None,
 ) -> dict[str, Any]:
     """Upload ``path`` as a batch and return the server's 202 body (id, urls, skipped lines).
 
@@ -99,15 +103,18 @@ def submit_batch(
             data=_ProgressReader(handle, size, bar.update),
             headers={"Content-Type": media_type},
             timeout=timeout_s,
+            api_key=api_key,
         )
     if response.status_code != 202:
         raise BatchClientError(_describe_error(response))
     return response.json()
 
 
-def batch_status(url: str, batch_id: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+def batch_status(
+    url: str, batch_id: str, timeout_s: float = DEFAULT_TIMEOUT_S, api_key: str | None = None
+) -> dict[str, Any]:
     """Return ``GET /v1/batches/{id}``."""
-    response = _request("get", f"{url}/v1/batches/{batch_id}", timeout=timeout_s)
+    response = _request("get", f"{url}/v1/batches/{batch_id}", timeout=timeout_s, api_key=api_key)
     if response.status_code != 200:
         raise BatchClientError(_describe_error(response))
     return response.json()
@@ -120,6 +127,7 @@ def wait_for_batch(
     max_wait_s: float | None = None,
     progress: bool = True,
     sleep: Callable[[float], None] = time.sleep,
+    api_key: str | None = None,
 ) -> dict[str, Any]:
     """Poll the batch until it is completed or cancelled, showing finished jobs; return its status.
 
@@ -127,7 +135,7 @@ def wait_for_batch(
         BatchClientError: ``max_wait_s`` passed first (None waits without limit).
     """
     started = time.monotonic()
-    status = batch_status(url, batch_id)
+    status = batch_status(url, batch_id, api_key=api_key)
     total = sum(status["counts"].values())
     with tqdm(total=total, unit="job", desc="processing", disable=not progress, file=sys.stderr) as bar:
         while True:
@@ -141,7 +149,7 @@ def wait_for_batch(
                     f"run 'slotq batch status {batch_id}' later"
                 )
             sleep(poll_interval_s)
-            status = batch_status(url, batch_id)
+            status = batch_status(url, batch_id, api_key=api_key)
 
 
 def download_results(
@@ -150,6 +158,7 @@ def download_results(
     output: str | Path,
     progress: bool = True,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    api_key: str | None = None,
 ) -> DownloadSummary:
     """Append the batch's results that ``output`` lacks, resuming after its last complete line.
 
@@ -166,6 +175,7 @@ def download_results(
         params={"after_line": last_line},
         stream=True,
         timeout=timeout_s,
+        api_key=api_key,
     )
     if response.status_code != 200:
         raise BatchClientError(_describe_error(response))
@@ -268,11 +278,21 @@ def _guarded(run: Callable[[], int]) -> int:
         return EXIT_FAILURE
 
 
-def _request(method: str, url: str, **kwargs: Any) -> requests.Response:
+def _request(method: str, url: str, api_key: str | None = None, **kwargs: Any) -> requests.Response:
+    headers = {**kwargs.pop("headers", {}), **auth_headers(api_key)}
     try:
-        return requests.request(method, url, **kwargs)
+        return requests.request(method, url, headers=headers, **kwargs)
     except requests.RequestException as error:
         raise BatchClientError(f"request to {url} failed: {error}") from error
+
+
+def auth_headers(api_key: str | None = None) -> dict[str, str]:
+    """Return the ``Authorization`` header for ``api_key``, else ``SLOTQ_API_KEY``; empty when neither is set."""
+    if api_key is None:
+        from slotq.settings import load_settings
+
+        api_key = load_settings().api_key
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def _describe_error(response: requests.Response) -> str:
@@ -282,6 +302,8 @@ def _describe_error(response: requests.Response) -> str:
         return f"server answered {response.status_code}: {response.text[:500]}"
 
     lines = [f"server answered {response.status_code} {error['code']}: {error['message']}"]
+    if response.status_code == 401:
+        lines.append("  set SLOTQ_API_KEY to a key from 'slotq keys create --tenant NAME'")
     for detail in error.get("details", []):
         lines.append("  " + _describe_line_problem(detail))
     return "\n".join(lines)

@@ -36,6 +36,12 @@ that does not parse, or lies outside its allowed range, makes `load_settings` ra
 | `SLOTQ_READY_TIMEOUT_S` | seconds | `2.0` | 0.1 to 60.0 | Time limit of each check in `GET /readyz`. |
 | `SLOTQ_LOG_LEVEL` | - | `INFO` | `DEBUG`, `INFO`, `WARNING`, `ERROR` | Level of the `slotq`, `api` and `worker` loggers. |
 | `SLOTQ_LOG_PROMPTS` | boolean | `false` | `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` | Log prompt and output text (debugging only). |
+| `SLOTQ_AUTH` | - | `required` | `required`, `disabled` | `required`: every `/v1` request needs an API key (`slotq keys create`). `disabled` is UNSAFE and meant only for local experiments: every request acts as the admin of the tenant `local`. |
+| `SLOTQ_API_KEY` | - | unset | any key from `slotq keys create` | Key that the `slotq batch` commands and the demo send to the API. |
+| `SLOTQ_IDEMPOTENCY_TTL_S` | seconds | `86400` | 60 to 2592000 | How long an `Idempotency-Key` of a submit is remembered. |
+| `SLOTQ_RATE_LIMIT_PER_MINUTE` | requests per minute | `1200` | 0 to 1000000 | Sustained request rate allowed per API key; 0 turns the rate limit off. |
+| `SLOTQ_RATE_LIMIT_BURST` | requests | `300` | 1 to 100000 | Requests an idle API key may send at once (token bucket size). |
+| `SLOTQ_MAX_QUEUED_JOBS` | jobs | `100000` | 1 to 1000000000 | Most queued jobs across all tenants; submits that would exceed it get 429. |
 
 A JSON request body can be up to six times longer than its text, because every character may be
 written as a ``\\uXXXX`` escape, so keep ``SLOTQ_MAX_BODY_BYTES`` well above
@@ -67,6 +73,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 QUEUE_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,200}")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
+
+#: Values of ``SLOTQ_AUTH``. ``disabled`` lets every request in as an admin, so it is unsafe on
+#: any machine that others can reach.
+AUTH_MODES = ("required", "disabled")
 
 #: Policies for a job whose δ over-fits: keep the output and flag the job, decode with an earlier
 #: step, or fail the job. ``slotq.guardrails.POLICIES`` lists the same names.
@@ -123,6 +133,12 @@ KNOBS: tuple[Knob, ...] = (
     Knob("ready_timeout_s", "SLOTQ_READY_TIMEOUT_S", "float", 0.1, 60.0),
     Knob("log_level", "SLOTQ_LOG_LEVEL", "choice", choices=LOG_LEVELS),
     Knob("log_prompts", "SLOTQ_LOG_PROMPTS", "bool"),
+    Knob("auth", "SLOTQ_AUTH", "choice", choices=AUTH_MODES),
+    Knob("api_key", "SLOTQ_API_KEY", "str"),
+    Knob("idempotency_ttl_s", "SLOTQ_IDEMPOTENCY_TTL_S", "int", 60, 2_592_000),
+    Knob("rate_limit_per_minute", "SLOTQ_RATE_LIMIT_PER_MINUTE", "int", 0, 1_000_000),
+    Knob("rate_limit_burst", "SLOTQ_RATE_LIMIT_BURST", "int", 1, 100_000),
+    Knob("max_queued_jobs", "SLOTQ_MAX_QUEUED_JOBS", "int", 1, 1_000_000_000),
 )
 
 
@@ -176,6 +192,15 @@ class Settings:
     ready_timeout_s: float = 2.0
     log_level: str = "INFO"
     log_prompts: bool = False
+    auth: str = "required"
+    # None: clients send no key, which only works against an API with SLOTQ_AUTH=disabled.
+    # Left out of repr so that logging the settings never writes the key.
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    idempotency_ttl_s: int = 86_400
+    # 0: no rate limit.
+    rate_limit_per_minute: int = 1200
+    rate_limit_burst: int = 300
+    max_queued_jobs: int = 100_000
 
     def __post_init__(self) -> None:
         data_dir = Path(self.data_dir).expanduser()
@@ -290,7 +315,7 @@ def _describe_range(knob: Knob) -> str:
 
 def _check_value(knob: Knob, value: Any) -> str | None:
     """Return an error line when ``value`` breaks the knob's type or range, else None."""
-    if value is None and knob.field in ("database_url", "broker_url", "model", "max_prompt_tokens"):
+    if value is None and knob.field in ("database_url", "broker_url", "model", "max_prompt_tokens", "api_key"):
         return None
 
     valid = True

@@ -1,4 +1,5 @@
-"""Job store: SQLAlchemy models, engines, the job repository and schema migrations."""
+"""Job store: SQLAlchemy models, engines, the job repository (jobs, batches, tenants, API keys,
+idempotency keys) and schema migrations."""
 
 from slotq.store.batches import (
     BatchCancelOutcome,
@@ -11,6 +12,7 @@ from slotq.store.batches import (
 )
 from slotq.store.cursor import InvalidCursorError
 from slotq.store.engine import make_engine
+from slotq.store.idempotency import IdempotencyClaim, IdempotencyKeyExistsError, QueueFullError, StoredResponse
 from slotq.store.models import (
     BATCH_STATUSES,
     FINISHED_BATCH_STATUSES,
@@ -21,11 +23,21 @@ from slotq.store.models import (
     BatchStatus,
     Job,
     JobStatus,
+    Tenant,
 )
 from slotq.store.records import CancelOutcome, CancelResult, JobRecord
 from slotq.store.repository import JobRepository
+from slotq.store.tenants import ApiKeyRecord, TenantCounts, TenantRecord
 
 __all__ = [
+    "ApiKeyRecord",
+    "IdempotencyClaim",
+    "IdempotencyKeyExistsError",
+    "QueueFullError",
+    "StoredResponse",
+    "Tenant",
+    "TenantCounts",
+    "TenantRecord",
     "BATCH_STATUSES",
     "FINISHED_BATCH_STATUSES",
     "Batch",

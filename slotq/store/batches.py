@@ -15,9 +15,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from slotq.logging import with_ids
 from slotq.requests import JobRequest
+from slotq.store.idempotency import IdempotencyClaim, check_queue_depth
 from slotq.store.models import (
     FINISHED_STATUSES,
     STATUSES,
@@ -140,6 +142,8 @@ class BatchRecord:
     started_at: datetime | None
     finished_at: datetime | None
     cancelled_at: datetime | None
+    tenant_id: str | None
+    purged_at: datetime | None
     counts: BatchCounts | None = None
 
     @classmethod
@@ -228,6 +232,9 @@ class BatchStoreMixin:
         lines: Iterable[BatchLine],
         model_name: str,
         skipped_count: Callable[[], int] = lambda: 0,
+        tenant_id: str | None = None,
+        idempotency: IdempotencyClaim | None = None,
+        max_queued_jobs: int | None = None,
     ) -> tuple[BatchRecord, list[str]]:
         """Store a batch and one queued job per line, in a single transaction.
 
@@ -239,47 +246,80 @@ class BatchStoreMixin:
         Args:
             skipped_count: called once ``lines`` is exhausted; the number of invalid lines the
                 client asked to skip.
+            tenant_id: owner of the batch and its jobs.
+            idempotency: stores the submit's response under its key in the same transaction.
+            max_queued_jobs: most queued jobs across all tenants, this batch's included; a
+                batch that would pass it is rejected whole. None checks nothing.
 
         Returns:
             The batch and its job ids in line order.
 
         Raises:
             ValueError: ``lines`` yielded no line.
+            IdempotencyKeyExistsError: another submit stored a response under the same key
+                first; nothing was stored.
+            QueueFullError: the batch would pass ``max_queued_jobs``; nothing was stored.
         """
         now = self._clock()
         batch_id = str(uuid.uuid4())
         log = with_ids(logger, batch_id=batch_id)
         job_ids: list[str] = []
 
-        with self._sessions.begin() as session:
-            session.add(_new_batch_row(batch_id, spec, model_name, now))
-            session.flush()
-
-            chunk: list[dict[str, Any]] = []
-            for line in lines:
-                row = _job_row(batch_id, line, model_name, now)
-                job_ids.append(row["id"])
-                chunk.append(row)
-                if len(chunk) >= INSERT_CHUNK_ROWS:
-                    session.execute(insert(Job), chunk)
-                    chunk = []
-            if chunk:
-                session.execute(insert(Job), chunk)
-            if not job_ids:
-                raise ValueError("a batch needs at least one valid line")
-
-            skipped = skipped_count()
-            session.execute(
-                update(Batch).where(Batch.id == batch_id).values(line_count=len(job_ids), skipped_count=skipped)
-            )
-            batch = session.get(Batch, batch_id, populate_existing=True)
-            record = BatchRecord.from_row(batch)
+        try:
+            with self._sessions.begin() as session:
+                record, skipped = self._insert_batch(
+                    session, batch_id, spec, lines, model_name, now, tenant_id, job_ids, skipped_count
+                )
+                check_queue_depth(session, len(job_ids), max_queued_jobs)
+                if idempotency is not None:
+                    self._store_response(session, idempotency, "batch", batch_id, record)
+        except IntegrityError as error:
+            self._raise_if_claimed(error, idempotency)
 
         log.info("batch stored with %d queued jobs, %d invalid lines skipped", len(job_ids), skipped)
         return record, job_ids
 
-    def get_batch(self, batch_id: str, counts: bool = True) -> BatchRecord | None:
-        """Return the batch, or None.
+    def _insert_batch(
+        self,
+        session,
+        batch_id: str,
+        spec: BatchSpec,
+        lines: Iterable[BatchLine],
+        model_name: str,
+        now: datetime,
+        tenant_id: str | None,
+        job_ids: list[str],
+        skipped_count: Callable[[], int],
+    ) -> tuple[BatchRecord, int]:
+        """Insert the batch row and its job rows in chunks, appending each job id to ``job_ids``.
+
+        Returns the batch record and the number of skipped lines.
+        """
+        session.add(_new_batch_row(batch_id, spec, model_name, now, tenant_id))
+        session.flush()
+
+        chunk: list[dict[str, Any]] = []
+        for line in lines:
+            row = _job_row(batch_id, line, model_name, now, tenant_id)
+            job_ids.append(row["id"])
+            chunk.append(row)
+            if len(chunk) >= INSERT_CHUNK_ROWS:
+                session.execute(insert(Job), chunk)
+                chunk = []
+        if chunk:
+            session.execute(insert(Job), chunk)
+        if not job_ids:
+            raise ValueError("a batch needs at least one valid line")
+
+        skipped = skipped_count()
+        session.execute(
+            update(Batch).where(Batch.id == batch_id).values(line_count=len(job_ids), skipped_count=skipped)
+        )
+        batch = session.get(Batch, batch_id, populate_existing=True)
+        return BatchRecord.from_row(batch), skipped
+
+    def get_batch(self, batch_id: str, counts: bool = True, tenant_id: str | None = None) -> BatchRecord | None:
+        """Return the batch, or None (also for a batch of another tenant than ``tenant_id``).
 
         With ``counts`` the jobs are aggregated, and the stored status, started_at and
         finished_at are brought up to date with them. Without, the stored copies are returned
@@ -287,7 +327,7 @@ class BatchStoreMixin:
         """
         with self._sessions.begin() as session:
             batch = session.get(Batch, batch_id)
-            if batch is None:
+            if batch is None or (tenant_id is not None and batch.tenant_id != tenant_id):
                 return None
             if not counts:
                 return BatchRecord.from_row(batch)
@@ -362,8 +402,10 @@ class BatchStoreMixin:
                 return
             position = rows[-1].line_number
 
-    def cancel_batch(self, batch_id: str) -> BatchCancelOutcome:
+    def cancel_batch(self, batch_id: str, tenant_id: str | None = None) -> BatchCancelOutcome:
         """Cancel every queued job of the batch; running jobs finish and finished ones are kept.
+
+        A batch of another tenant than ``tenant_id`` (when given) is reported as not found.
 
         Cancelling a batch that is already cancelling cancels jobs that are queued again (for
         example by a retry) and is otherwise harmless.
@@ -371,7 +413,7 @@ class BatchStoreMixin:
         log = with_ids(logger, batch_id=batch_id)
         with self._sessions.begin() as session:
             batch = session.get(Batch, batch_id)
-            if batch is None:
+            if batch is None or (tenant_id is not None and batch.tenant_id != tenant_id):
                 return BatchCancelOutcome(found=False, cancelled_jobs=0, already_finished=False, batch=None)
 
             before = _batch_counts(session, batch_id)
@@ -407,8 +449,9 @@ def derive_batch_status(cancel_requested: bool, counts: BatchCounts) -> str:
     return BatchStatus.RUNNING.value
 
 
-def _new_batch_row(batch_id: str, spec: BatchSpec, model_name: str, now: datetime) -> Batch:
+def _new_batch_row(batch_id: str, spec: BatchSpec, model_name: str, now: datetime, tenant_id: str | None) -> Batch:
     return Batch(
+        tenant_id=tenant_id,
         id=batch_id,
         status=BatchStatus.QUEUED.value,
         model_name=model_name,
@@ -423,7 +466,7 @@ def _new_batch_row(batch_id: str, spec: BatchSpec, model_name: str, now: datetim
     )
 
 
-def _job_row(batch_id: str, line: BatchLine, model_name: str, now: datetime) -> dict[str, Any]:
+def _job_row(batch_id: str, line: BatchLine, model_name: str, now: datetime, tenant_id: str | None) -> dict[str, Any]:
     """Return the column values of a new queued job; must agree with `JobRepository.create_job`."""
     request = line.request.to_dict()
     return {
@@ -444,6 +487,7 @@ def _job_row(batch_id: str, line: BatchLine, model_name: str, now: datetime) -> 
         "batch_id": batch_id,
         "custom_id": line.custom_id,
         "line_number": line.line_number,
+        "tenant_id": tenant_id,
     }
 
 

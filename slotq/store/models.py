@@ -116,6 +116,11 @@ class Job(Base):
         Index("ix_jobs_batch_id_line_number", "batch_id", "line_number", unique=True),
         Index("ix_jobs_batch_id_custom_id", "batch_id", "custom_id", unique=True),
         Index("ix_jobs_batch_id_status_line_number", "batch_id", "status", "line_number"),
+        # Newest-first listing of one tenant's jobs, with and without a status filter.
+        Index("ix_jobs_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+        Index("ix_jobs_tenant_id_status_created_at_id", "tenant_id", "status", "created_at", "id"),
+        # Old finished jobs whose texts have not been purged yet.
+        Index("ix_jobs_finished_at", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -190,6 +195,13 @@ class Job(Base):
     format_source: Mapped[str | None] = mapped_column(String(16))
     format_error: Mapped[str | None] = mapped_column(Text)
 
+    # Owner of the job; null only for jobs stored before tenants existed, which no key can read.
+    tenant_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("tenants.id", name="fk_jobs_tenant_id_tenants")
+    )
+    # When `slotq purge` removed the prompt, messages, output and δ; metrics stay.
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
 
 class Batch(Base):
     """A bulk upload of job requests that share defaults, a response format and validation prompts.
@@ -205,6 +217,7 @@ class Batch(Base):
             name="ck_batches_status",
         ),
         Index("ix_batches_created_at_id", "created_at", "id"),
+        Index("ix_batches_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -229,3 +242,64 @@ class Batch(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # When cancel was requested; queued jobs were cancelled at that time.
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    tenant_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("tenants.id", name="fk_batches_tenant_id_tenants")
+    )
+    # When `slotq purge` removed the validation prompts.
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Tenant(Base):
+    """A client organisation: it owns API keys, jobs and batches, and sees only its own."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    """An API key of a tenant, stored as the SHA-256 of the key; the key itself is never stored.
+
+    ``prefix`` is the start of the key (public, shown in listings) and finds the candidate rows;
+    the hash is then compared in constant time.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_prefix", "prefix"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("tenants.id", name="fk_api_keys_tenant_id_tenants")
+    )
+    prefix: Mapped[str] = mapped_column(String(16))
+    # Hex SHA-256 of the whole key.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class IdempotencyRecord(Base):
+    """The first response to a submit that carried an ``Idempotency-Key``, kept until ``expires_at``.
+
+    The primary key (tenant_id, key) makes two racing submits with one key end with one stored
+    job or batch: the second transaction fails on the key and rolls its rows back.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_expires_at", "expires_at"),)
+
+    tenant_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("tenants.id", name="fk_idempotency_keys_tenant_id_tenants"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # Hex SHA-256 of what was submitted: the route, the query and the canonical body.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    resource_type: Mapped[str] = mapped_column(String(16))
+    resource_id: Mapped[str] = mapped_column(String(36))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response_body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

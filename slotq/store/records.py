@@ -61,6 +61,8 @@ class JobRecord:
     parsed_output: Any
     format_source: str | None
     format_error: str | None
+    tenant_id: str | None
+    purged_at: datetime | None
 
     @classmethod
     def from_row(cls, job: Job) -> JobRecord:

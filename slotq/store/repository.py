@@ -5,6 +5,9 @@ and none is held while a worker runs the model. Status changes are conditional u
 (``UPDATE jobs ... WHERE id = :id AND status = :expected``): when two workers or two deliveries of
 one task race, exactly one update matches and the others change nothing.
 
+Reads and cancels take an optional ``tenant_id``: given, a job of another tenant is treated as
+missing; None (workers, operators) reaches every job.
+
 The module-level functions use a process-wide repository on ``load_settings().database_url``;
 call `configure` first to point them elsewhere. `JobRepository` serves code that has its own
 engine, such as the API app and the tests.
@@ -22,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from slotq.logging import with_ids
 from slotq.requests import JobRequest
@@ -30,8 +34,11 @@ from slotq.store.batches import BatchCancelOutcome, BatchLine, BatchRecord, Batc
 from slotq.store.cursor import decode_cursor, encode_cursor
 from slotq.store.delta import encode_delta
 from slotq.store.engine import make_engine, make_session_factory
+from slotq.store.idempotency import IdempotencyClaim, IdempotencyStoreMixin, check_queue_depth
 from slotq.store.models import STATUSES, Job, JobStatus, utcnow
+from slotq.store.purge import PurgeStoreMixin
 from slotq.store.records import CancelOutcome, CancelResult, JobRecord
+from slotq.store.tenants import TenantStoreMixin
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +87,7 @@ GUARD_KEYS = (
 )
 
 
-class JobRepository(BatchStoreMixin):
+class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, PurgeStoreMixin):
     """Job store operations on one engine.
 
     Args:
@@ -93,13 +100,36 @@ class JobRepository(BatchStoreMixin):
         self._sessions = make_session_factory(engine)
         self._clock = clock
 
+    def now(self) -> datetime:
+        """Return the current time of the repository's clock (aware UTC)."""
+        return self._clock()
+
     def ping(self) -> None:
         """Run ``SELECT 1``; raises the driver's error when the database is unreachable."""
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
 
-    def create_job(self, request: JobRequest, model_name: str) -> JobRecord:
-        """Store a new queued job for a validated request and return it."""
+    def create_job(
+        self,
+        request: JobRequest,
+        model_name: str,
+        tenant_id: str | None = None,
+        idempotency: IdempotencyClaim | None = None,
+        max_queued_jobs: int | None = None,
+    ) -> JobRecord:
+        """Store a new queued job for a validated request and return it.
+
+        Args:
+            tenant_id: owner of the job.
+            idempotency: stores the submit's response under its key in the same transaction.
+            max_queued_jobs: most queued jobs across all tenants, this one included; None
+                checks nothing.
+
+        Raises:
+            IdempotencyKeyExistsError: another submit stored a response under the same key
+                first; nothing was stored.
+            QueueFullError: the job would pass ``max_queued_jobs``; nothing was stored.
+        """
         now = self._clock()
         job = Job(
             id=str(uuid.uuid4()),
@@ -116,11 +146,19 @@ class JobRepository(BatchStoreMixin):
             created_at=now,
             queued_at=now,
             attempts=0,
+            tenant_id=tenant_id,
         )
-        with self._sessions.begin() as session:
-            session.add(job)
+        try:
+            with self._sessions.begin() as session:
+                session.add(job)
+                session.flush()
+                check_queue_depth(session, 1, max_queued_jobs)
+                if idempotency is not None:
+                    self._store_response(session, idempotency, "job", job.id, JobRecord.from_row(job))
+        except IntegrityError as error:
+            self._raise_if_claimed(error, idempotency)
 
-        with_ids(logger, job_id=job.id).info("job stored as queued")
+        with_ids(logger, job_id=job.id, tenant_id=tenant_id).info("job stored as queued")
         return JobRecord.from_row(job)
 
     def claim_job(self, job_id: str, worker: str) -> JobRecord | None:
@@ -238,13 +276,18 @@ class JobRepository(BatchStoreMixin):
             log.warning("failure not stored: job is missing or already finished")
         return failed
 
-    def cancel_job(self, job_id: str) -> CancelOutcome:
+    def cancel_job(self, job_id: str, tenant_id: str | None = None) -> CancelOutcome:
         """Cancel a queued job; a running or finished job is left as it is.
 
-        Sets cancelled_at and finished_at to the same time.
+        Sets cancelled_at and finished_at to the same time. A job of another tenant than
+        ``tenant_id`` (when given) is left as it is and reported as not found.
         """
         log = with_ids(logger, job_id=job_id)
         with self._sessions.begin() as session:
+            job = session.get(Job, job_id)
+            if job is None or not _owned_by(job.tenant_id, tenant_id):
+                return CancelOutcome(CancelResult.NOT_FOUND, None)
+
             now = self._clock()
             cancelled = self._change_status(
                 session,
@@ -255,23 +298,23 @@ class JobRepository(BatchStoreMixin):
                 finished_at=now,
             )
             job = session.get(Job, job_id, populate_existing=True)
-            record = JobRecord.from_row(job) if job is not None else None
+            record = JobRecord.from_row(job)
 
         if cancelled:
             log.info("job cancelled")
             return CancelOutcome(CancelResult.CANCELLED, record)
-        if record is None:
-            return CancelOutcome(CancelResult.NOT_FOUND, None)
         if record.status == JobStatus.RUNNING.value:
             log.info("cancel rejected: job is running")
             return CancelOutcome(CancelResult.RUNNING, record)
         return CancelOutcome(CancelResult.FINISHED, record)
 
-    def get_job(self, job_id: str) -> JobRecord | None:
-        """Return the job with ``job_id``, or None."""
+    def get_job(self, job_id: str, tenant_id: str | None = None) -> JobRecord | None:
+        """Return the job with ``job_id``, or None (also for a job of another tenant than ``tenant_id``)."""
         with self._sessions() as session:
             job = session.get(Job, job_id)
-            return JobRecord.from_row(job) if job is not None else None
+            if job is None or not _owned_by(job.tenant_id, tenant_id):
+                return None
+            return JobRecord.from_row(job)
 
     def list_jobs(
         self,
@@ -279,8 +322,11 @@ class JobRepository(BatchStoreMixin):
         cursor: str | None = None,
         limit: int = 50,
         overfit: bool | None = None,
+        tenant_id: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
         """Return one page of jobs, newest first, and the cursor of the next page (or None).
+
+        With ``tenant_id`` only that tenant's jobs are listed.
 
         The order is (created_at, id) descending, so pages neither skip nor repeat jobs while
         new jobs arrive. ``overfit`` True or False keeps only jobs whose over-fitting check
@@ -296,6 +342,8 @@ class JobRepository(BatchStoreMixin):
             raise ValueError(f"invalid limit {limit}; must be at least 1")
 
         query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+        if tenant_id is not None:
+            query = query.where(Job.tenant_id == tenant_id)
         if status is not None:
             query = query.where(Job.status == status)
         if overfit is not None:
@@ -325,6 +373,11 @@ class JobRepository(BatchStoreMixin):
             .execution_options(synchronize_session=False)
         )
         return session.execute(statement).rowcount == 1
+
+
+def _owned_by(owner: str | None, tenant_id: str | None) -> bool:
+    """True when ``tenant_id`` is None (no scoping) or owns the row."""
+    return tenant_id is None or owner == tenant_id
 
 
 def _result_columns(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -427,14 +480,14 @@ def fail_job(job_id: str, error: str, guard: Mapping[str, Any] | None = None) ->
     return default_repository().fail_job(job_id, error, guard)
 
 
-def cancel_job(job_id: str) -> CancelOutcome:
+def cancel_job(job_id: str, tenant_id: str | None = None) -> CancelOutcome:
     """`JobRepository.cancel_job` on the default repository."""
-    return default_repository().cancel_job(job_id)
+    return default_repository().cancel_job(job_id, tenant_id=tenant_id)
 
 
-def get_job(job_id: str) -> JobRecord | None:
+def get_job(job_id: str, tenant_id: str | None = None) -> JobRecord | None:
     """`JobRepository.get_job` on the default repository."""
-    return default_repository().get_job(job_id)
+    return default_repository().get_job(job_id, tenant_id=tenant_id)
 
 
 def list_jobs(
@@ -444,11 +497,11 @@ def list_jobs(
     return default_repository().list_jobs(status=status, cursor=cursor, limit=limit, overfit=overfit)
 
 
-def get_batch(batch_id: str, counts: bool = True) -> BatchRecord | None:
+def get_batch(batch_id: str, counts: bool = True, tenant_id: str | None = None) -> BatchRecord | None:
     """`JobRepository.get_batch` on the default repository."""
-    return default_repository().get_batch(batch_id, counts=counts)
+    return default_repository().get_batch(batch_id, counts=counts, tenant_id=tenant_id)
 
 
-def cancel_batch(batch_id: str) -> BatchCancelOutcome:
+def cancel_batch(batch_id: str, tenant_id: str | None = None) -> BatchCancelOutcome:
     """`JobRepository.cancel_batch` on the default repository."""
-    return default_repository().cancel_batch(batch_id)
+    return default_repository().cancel_batch(batch_id, tenant_id=tenant_id)

@@ -14,6 +14,7 @@ from referencing.jsonschema import DRAFT202012
 
 from api.app import create_app
 from api.openapi import build_openapi
+from slotq.keys import create_key
 from slotq.settings import Settings
 from slotq.store import JobRepository
 
@@ -43,10 +44,29 @@ def app(postgres_settings: Settings, postgres_repository: JobRepository, enqueue
     return create_app(postgres_settings, enqueue=enqueue, repository=postgres_repository)
 
 
+def keyed(client: FlaskClient, key: str) -> FlaskClient:
+    """Return ``client`` after making it send ``key`` as a bearer token with every request."""
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client
+
+
 @pytest.fixture
-def client(app: Flask) -> Iterator[FlaskClient]:
+def api_key(postgres_repository: JobRepository) -> str:
+    """A new key of the tenant ``acme`` on the session's Postgres database."""
+    return create_key("acme", repository=postgres_repository).key
+
+
+@pytest.fixture
+def authorize(api_key: str) -> Callable[[FlaskClient], FlaskClient]:
+    """Return ``authorize(client)``, which makes a test client send ``api_key``."""
+    return lambda client: keyed(client, api_key)
+
+
+@pytest.fixture
+def client(app: Flask, api_key: str) -> Iterator[FlaskClient]:
+    """Test client that sends ``api_key`` with every request."""
     with app.test_client() as test_client:
-        yield test_client
+        yield keyed(test_client, api_key)
 
 
 @pytest.fixture

@@ -393,10 +393,10 @@ def test_policy_stored_and_shown(client: FlaskClient, schema_check) -> None:
 
 
 def test_policy_default_follows_settings(
-    postgres_settings: Settings, postgres_repository: JobRepository, enqueue
+    postgres_settings: Settings, postgres_repository: JobRepository, enqueue, authorize
 ) -> None:
     settings = dataclasses.replace(postgres_settings, overfit_policy="reject")
-    client = create_app(settings, enqueue=enqueue, repository=postgres_repository).test_client()
+    client = authorize(create_app(settings, enqueue=enqueue, repository=postgres_repository).test_client())
 
     job_id = submit(client, {"prompt": "x"}).get_json()["id"]
 

@@ -15,6 +15,8 @@ import pytest
 import requests
 from kombu import Connection
 
+from slotq.keys import create_key
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 30
 SHUTDOWN_TIMEOUT_S = 15
@@ -23,7 +25,7 @@ JAPANESE = "吾輩は猫である。名前はまだ無い。"
 
 @pytest.fixture
 def gunicorn_server(postgres_url: str, postgres_repository, tmp_path: Path, closed_port: int) -> Iterator[dict]:
-    """Start ``gunicorn 'api.app:create_app()'`` with two workers; yield its base URL and settings."""
+    """Start ``gunicorn 'api.app:create_app()'`` with two workers; yield its base URL, settings and key header."""
     broker_url = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
     env = {
         **os.environ,
@@ -56,7 +58,8 @@ def gunicorn_server(postgres_url: str, postgres_repository, tmp_path: Path, clos
 
     try:
         _wait_until_healthy(base_url, process, log_path)
-        yield {"url": base_url, "broker_url": broker_url, "log": log_path}
+        key = create_key("acme", repository=postgres_repository).key
+        yield {"url": base_url, "broker_url": broker_url, "log": log_path, "auth": {"Authorization": f"Bearer {key}"}}
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -84,11 +87,12 @@ def test_submit_and_read_over_http(gunicorn_server: dict) -> None:
     base_url = gunicorn_server["url"]
     raw = json.dumps({"prompt": JAPANESE, "metadata": {"作者": "夏目漱石"}}, ensure_ascii=False).encode("utf-8")
 
+    auth = gunicorn_server["auth"]
     submitted = requests.post(
-        f"{base_url}/v1/jobs", data=raw, headers={"Content-Type": "application/json"}, timeout=10
+        f"{base_url}/v1/jobs", data=raw, headers={"Content-Type": "application/json", **auth}, timeout=10
     )
     job_url = base_url + submitted.headers["Location"]
-    fetched = requests.get(job_url, timeout=10)
+    fetched = requests.get(job_url, headers=auth, timeout=10)
 
     assert submitted.status_code == 202
     assert fetched.status_code == 200
@@ -100,7 +104,9 @@ def test_submit_and_read_over_http(gunicorn_server: dict) -> None:
 
 
 def test_task_reaches_broker_over_http(gunicorn_server: dict) -> None:
-    submitted = requests.post(f"{gunicorn_server['url']}/v1/jobs", json={"prompt": "x"}, timeout=10)
+    submitted = requests.post(
+        f"{gunicorn_server['url']}/v1/jobs", json={"prompt": "x"}, headers=gunicorn_server["auth"], timeout=10
+    )
 
     with Connection(gunicorn_server["broker_url"]) as connection:
         queue = connection.SimpleQueue("slotq")
@@ -114,15 +120,20 @@ def test_task_reaches_broker_over_http(gunicorn_server: dict) -> None:
 def test_ready_and_errors_over_http(gunicorn_server: dict) -> None:
     base_url = gunicorn_server["url"]
 
+    auth = gunicorn_server["auth"]
+
     ready = requests.get(f"{base_url}/readyz", timeout=10)
-    missing = requests.get(f"{base_url}/v1/jobs/00000000-0000-0000-0000-000000000000", timeout=10)
-    invalid = requests.post(f"{base_url}/v1/jobs", json={"prompt": "x", "slot": {"lr": 5}}, timeout=10)
+    missing = requests.get(f"{base_url}/v1/jobs/00000000-0000-0000-0000-000000000000", headers=auth, timeout=10)
+    invalid = requests.post(f"{base_url}/v1/jobs", json={"prompt": "x", "slot": {"lr": 5}}, headers=auth, timeout=10)
+    anonymous = requests.get(f"{base_url}/v1/jobs", timeout=10)
 
     assert ready.status_code == 200, ready.text
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "job_not_found"
     assert invalid.status_code == 422
     assert invalid.json()["error"]["details"][0]["field"] == "slot.lr"
+    assert anonymous.status_code == 401
+    assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_chunked_body_over_limit_413(gunicorn_server: dict) -> None:
@@ -135,7 +146,7 @@ def test_chunked_body_over_limit_413(gunicorn_server: dict) -> None:
     response = requests.post(
         f"{gunicorn_server['url']}/v1/jobs",
         data=chunks(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **gunicorn_server["auth"]},
         timeout=10,
     )
 
@@ -153,7 +164,7 @@ def test_chunked_body_at_limit_accepted(gunicorn_server: dict) -> None:
     response = requests.post(
         f"{gunicorn_server['url']}/v1/jobs",
         data=chunks(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **gunicorn_server["auth"]},
         timeout=10,
     )
 

@@ -241,14 +241,16 @@ def test_invalid_utf8_message_names_offset(client: FlaskClient) -> None:
     assert "offset 14" in response.get_json()["error"]["message"]
 
 
-def test_body_too_large_413(postgres_settings: Settings, postgres_repository: JobRepository, enqueue) -> None:
+def test_body_too_large_413(
+    postgres_settings: Settings, postgres_repository: JobRepository, enqueue, authorize
+) -> None:
     settings = Settings(
         data_dir=postgres_settings.data_dir,
         database_url=postgres_settings.database_url,
         broker_url=postgres_settings.broker_url,
         max_body_bytes=2048,
     )
-    client = create_app(settings, enqueue=enqueue, repository=postgres_repository).test_client()
+    client = authorize(create_app(settings, enqueue=enqueue, repository=postgres_repository).test_client())
 
     response = client.post("/v1/jobs", data=json.dumps({"prompt": "x" * 3000}), content_type="application/json")
 
@@ -275,16 +277,20 @@ def test_unknown_route_404(client: FlaskClient) -> None:
 
 
 def test_unexpected_error_500_without_traceback(
-    postgres_settings: Settings, enqueue, caplog: pytest.LogCaptureFixture
+    postgres_settings: Settings,
+    postgres_repository: JobRepository,
+    enqueue,
+    authorize,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    class BrokenRepository:
-        def get_job(self, job_id: str):
+    class BrokenRepository(JobRepository):
+        def get_job(self, job_id: str, tenant_id: str | None = None):
             raise RuntimeError("secret internal detail")
 
-    app = create_app(postgres_settings, enqueue=enqueue, repository=BrokenRepository())
+    app = create_app(postgres_settings, enqueue=enqueue, repository=BrokenRepository(postgres_repository.engine))
     caplog.set_level(logging.ERROR, logger="api")
 
-    response = app.test_client().get(
+    response = authorize(app.test_client()).get(
         "/v1/jobs/00000000-0000-0000-0000-000000000000", headers={"X-Request-ID": "req-500"}
     )
 

@@ -12,6 +12,7 @@ from kombu import Connection
 
 from api.app import create_app
 from api.openapi import build_openapi
+from slotq.keys import create_key
 from slotq.requests import RequestValidationError, parse_job_request
 from slotq.settings import Settings
 from slotq.store import JobRepository
@@ -93,7 +94,8 @@ def test_dead_database_submit_503(postgres_settings: Settings, closed_port: int)
     settings = settings_with(postgres_settings, database_url=dead_url)
     client = create_app(settings, enqueue=lambda job_id: None).test_client()
 
-    response = client.post("/v1/jobs", json={"prompt": "x"})
+    # Checking the key already needs the database, so any key gets the 503.
+    response = client.post("/v1/jobs", json={"prompt": "x"}, headers={"Authorization": "Bearer sq_" + "k" * 43})
 
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "database_unavailable"
@@ -101,9 +103,9 @@ def test_dead_database_submit_503(postgres_settings: Settings, closed_port: int)
 
 
 def test_default_enqueue_sends_celery_task(
-    postgres_settings: Settings, postgres_repository: JobRepository
+    postgres_settings: Settings, postgres_repository: JobRepository, authorize
 ) -> None:
-    client = create_app(postgres_settings, repository=postgres_repository).test_client()
+    client = authorize(create_app(postgres_settings, repository=postgres_repository).test_client())
 
     job_id = client.post("/v1/jobs", json={"prompt": "x"}).get_json()["id"]
 
@@ -120,10 +122,10 @@ def test_default_enqueue_sends_celery_task(
 
 
 def test_default_enqueue_dead_broker_still_202(
-    postgres_settings: Settings, postgres_repository: JobRepository, closed_port: int
+    postgres_settings: Settings, postgres_repository: JobRepository, closed_port: int, authorize
 ) -> None:
     settings = settings_with(postgres_settings, broker_url=f"redis://127.0.0.1:{closed_port}/0")
-    client = create_app(settings, repository=postgres_repository).test_client()
+    client = authorize(create_app(settings, repository=postgres_repository).test_client())
 
     started = time.monotonic()
     response = client.post("/v1/jobs", json={"prompt": "x"})
@@ -148,6 +150,8 @@ def test_openapi_served(client: FlaskClient, postgres_settings: Settings) -> Non
         "/v1/batches/{batch_id}",
         "/v1/batches/{batch_id}/results",
         "/v1/batches/{batch_id}/cancel",
+        "/v1/admin/queue",
+        "/v1/admin/keys",
         "/healthz",
         "/readyz",
         "/openapi.json",
@@ -222,8 +226,10 @@ def test_openapi_request_schema_agrees(body: dict, postgres_settings: Settings, 
 def test_embedded_sqlite_app(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     upgrade(settings.database_url)
+    key = create_key("embedded", database_url=settings.database_url).key
     sent: list[str] = []
     client = create_app(settings, enqueue=sent.append).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
 
     job_id = client.post("/v1/jobs", json={"prompt": "こんにちは"}).get_json()["id"]
 

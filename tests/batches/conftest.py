@@ -17,6 +17,7 @@ from werkzeug.serving import make_server
 
 from api.app import create_app
 from api.openapi import build_openapi
+from slotq.keys import create_key
 from slotq.settings import Settings
 from slotq.store import JobRepository
 
@@ -54,25 +55,50 @@ def app(batch_settings: Settings, postgres_repository: JobRepository, enqueue: R
 
 
 @pytest.fixture
-def make_client(postgres_settings: Settings, postgres_repository: JobRepository, enqueue: RecordingEnqueue):
-    """Return ``make(**settings_changes)``: a test client of an app with changed settings."""
+def make_client(
+    postgres_settings: Settings, postgres_repository: JobRepository, enqueue: RecordingEnqueue, api_key: str
+):
+    """Return ``make(**settings_changes)``: a test client, sending ``api_key``, of an app with changed settings."""
 
     def make(**changes: Any) -> FlaskClient:
         settings = replace(postgres_settings, **changes)
-        return create_app(settings, enqueue=enqueue, repository=postgres_repository).test_client()
+        return keyed(create_app(settings, enqueue=enqueue, repository=postgres_repository).test_client(), api_key)
 
     return make
 
 
+def keyed(client: FlaskClient, key: str) -> FlaskClient:
+    """Return ``client`` after making it send ``key`` as a bearer token with every request."""
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client
+
+
 @pytest.fixture
-def client(app: Flask) -> Iterator[FlaskClient]:
+def api_key(postgres_repository: JobRepository) -> str:
+    """A new key of the tenant ``acme`` on the session's Postgres database."""
+    return create_key("acme", repository=postgres_repository).key
+
+
+@pytest.fixture
+def authorize(api_key: str) -> Callable[[FlaskClient], FlaskClient]:
+    """Return ``authorize(client)``, which makes a test client send ``api_key``."""
+    return lambda client: keyed(client, api_key)
+
+
+@pytest.fixture
+def client(app: Flask, api_key: str) -> Iterator[FlaskClient]:
+    """Test client that sends ``api_key`` with every request."""
     with app.test_client() as test_client:
-        yield test_client
+        yield keyed(test_client, api_key)
 
 
 @pytest.fixture
-def server_url(app: Flask) -> Iterator[str]:
-    """Base URL of the app served by Werkzeug's threaded server on a free port."""
+def server_url(app: Flask, api_key: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Base URL of the app served by Werkzeug's threaded server on a free port.
+
+    ``SLOTQ_API_KEY`` is set to ``api_key``, so the batch client functions and commands send it.
+    """
+    monkeypatch.setenv("SLOTQ_API_KEY", api_key)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -173,3 +173,21 @@ def test_submit_wait_command(server_url: str, tmp_path: Path, postgres_repositor
 
     assert code == 0
     assert "completed" in capsys.readouterr().err
+
+
+def test_explicit_key_wins_over_environment(server_url: str, tmp_path: Path, api_key: str, monkeypatch) -> None:
+    monkeypatch.setenv("SLOTQ_API_KEY", "sq_" + "x" * 43)
+
+    accepted = submit_batch(server_url, write_batch(tmp_path / "b.jsonl", 1), progress=False, api_key=api_key)
+
+    assert batch_status(server_url, accepted["id"], api_key=api_key)["line_count"] == 1
+
+
+def test_missing_key_names_the_fix(server_url: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("SLOTQ_API_KEY")
+
+    with pytest.raises(BatchClientError) as raised:
+        submit_batch(server_url, write_batch(tmp_path / "b.jsonl", 1), progress=False)
+
+    assert "401 unauthorized" in str(raised.value)
+    assert "SLOTQ_API_KEY" in str(raised.value)

@@ -27,8 +27,9 @@ def finish(repository: JobRepository, job_id: str, text: str = '{"数量": 1}', 
     assert repository.complete_job(job_id, {"text": text, "delta_norm": 0.5, **extra})
 
 
-def test_migration_at_batches_revision(postgres_url: str, postgres_engine) -> None:
-    assert current_revision(postgres_url) == "0003"
+def test_migration_past_batches_revision(postgres_url: str, postgres_engine) -> None:
+    # Revision ids are zero-padded numbers, so text order is revision order.
+    assert current_revision(postgres_url) >= "0003"
     indexes = {index["name"]: index for index in inspect(postgres_engine).get_indexes("jobs")}
     assert indexes["ix_jobs_batch_id_line_number"]["unique"]
     assert indexes["ix_jobs_batch_id_custom_id"]["unique"]
@@ -201,6 +202,6 @@ def test_migration_down_and_up_keeps_jobs(tmp_path) -> None:
         assert connection.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 3
 
     upgrade(url)
-    assert current_revision(url) == "0003"
+    assert current_revision(url) >= "0003"
     assert repository.create_batch(BatchSpec(), lines(1), "m")[0].line_count == 1
     engine.dispose()
