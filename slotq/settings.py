@@ -27,6 +27,9 @@ that does not parse, or lies outside its allowed range, makes `load_settings` ra
 | `SLOTQ_OVERFIT_TOLERANCE` | ratio | `0.05` | 0.0 to 10.0 | Largest relative rise of the validation loss with δ over the loss without δ; a larger rise flags the job as over-fitted (0.05 = 5%). |
 | `SLOTQ_OVERFIT_POLICY` | - | `flag` | `flag`, `fallback`, `reject` | What workers do with an over-fitted job unless its request sets `slot.overfit_policy`: keep the output and flag it, decode with the step of lowest validation loss, or fail the job. |
 | `SLOTQ_VALIDATION_PROMPTS` | path | the shipped `slotq/data/validation_prompts.jsonl` | an existing, readable file | Held-out validation prompts, one JSON object `{"messages": [{"role", "content"}, ...]}` per line. |
+| `SLOTQ_WORKER_BATCH_SIZE` | jobs | `8` | 1 to 256 | Most queued jobs one worker runs as one SLOT batch; 1 turns batching off. |
+| `SLOTQ_WORKER_BATCH_WAIT_MS` | milliseconds | `50` | 0 to 10000 | How long a worker waits for more queued jobs before it runs a batch that is not full. |
+| `SLOTQ_LOGITS_MEMORY_MB` | MiB | `512` | 16 to 65536 | Memory for cached prompt logits and softmax buffers of one delta fit; a fit that needs more recomputes logits in chunks. |
 | `SLOTQ_MAX_BODY_BYTES` | bytes | `1048576` | 1024 to 67108864 | Largest HTTP request body; larger bodies get 413. |
 | `SLOTQ_MAX_BATCH_BODY_BYTES` | bytes | `268435456` | 1024 to 4294967296 | Largest batch upload (`POST /v1/batches`); larger bodies get 413. Each line of it is also limited to `SLOTQ_MAX_BODY_BYTES`. |
 | `SLOTQ_MAX_BATCH_LINES` | lines | `50000` | 1 to 1000000 | Most requests in one batch upload. |
@@ -124,6 +127,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("overfit_tolerance", "SLOTQ_OVERFIT_TOLERANCE", "float", 0.0, 10.0),
     Knob("overfit_policy", "SLOTQ_OVERFIT_POLICY", "choice", choices=OVERFIT_POLICIES),
     Knob("validation_prompts", "SLOTQ_VALIDATION_PROMPTS", "file"),
+    Knob("worker_batch_size", "SLOTQ_WORKER_BATCH_SIZE", "int", 1, 256),
+    Knob("worker_batch_wait_ms", "SLOTQ_WORKER_BATCH_WAIT_MS", "int", 0, 10_000),
+    Knob("logits_memory_mb", "SLOTQ_LOGITS_MEMORY_MB", "int", 16, 65_536),
     Knob("max_body_bytes", "SLOTQ_MAX_BODY_BYTES", "int", 1024, 67_108_864),
     Knob("max_batch_body_bytes", "SLOTQ_MAX_BATCH_BODY_BYTES", "int", 1024, 4_294_967_296),
     Knob("max_batch_lines", "SLOTQ_MAX_BATCH_LINES", "int", 1, 1_000_000),
@@ -183,6 +189,9 @@ class Settings:
     overfit_tolerance: float = 0.05
     overfit_policy: str = "flag"
     validation_prompts: Path = DEFAULT_VALIDATION_PROMPTS
+    worker_batch_size: int = 8
+    worker_batch_wait_ms: int = 50
+    logits_memory_mb: int = 512
     max_body_bytes: int = 1_048_576
     max_batch_body_bytes: int = 268_435_456
     max_batch_lines: int = 50_000

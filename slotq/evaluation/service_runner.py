@@ -39,13 +39,17 @@ class ServiceRunner:
 
     def __init__(self, base_url: str, max_new_tokens: int, seed: int | None = None,
                  poll_interval_s: float = DEFAULT_POLL_INTERVAL_S, job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
-                 session: requests.Session | None = None):
+                 session: requests.Session | None = None, api_key: str | None = None):
+        """``api_key`` is sent as a bearer token; None sends ``SLOTQ_API_KEY`` when that is set."""
+        from slotq.batch_client import auth_headers
+
         self.base_url = base_url.rstrip("/")
         self.max_new_tokens = max_new_tokens
         self.seed = seed
         self.poll_interval_s = poll_interval_s
         self.job_timeout_s = job_timeout_s
         self._session = session or requests.Session()
+        self._session.headers.update(auth_headers(api_key))
 
     @property
     def device(self) -> str:

@@ -197,6 +197,32 @@ class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, Pu
         log.info("job claimed by worker %s, attempt %d", worker, record.attempts)
         return record
 
+    def claim_queued_jobs(self, worker: str, limit: int, model_name: str | None = None) -> list[JobRecord]:
+        """Claim up to ``limit`` of the oldest queued jobs, for a worker that runs them as a batch.
+
+        Each claim is the same conditional update as `claim_job`, so a job that another worker
+        claims in between is skipped. Those jobs' own queue messages later find nothing to claim.
+        ``model_name`` restricts the claim to jobs recorded for that model.
+        """
+        if limit <= 0:
+            return []
+        query = select(Job.id).where(Job.status == JobStatus.QUEUED.value)
+        if model_name is not None:
+            query = query.where(Job.model_name == model_name)
+        # Twice the limit leaves room for candidates that other workers claim first.
+        query = query.order_by(Job.queued_at, Job.id).limit(2 * limit)
+        with self._sessions.begin() as session:
+            candidates = list(session.scalars(query))
+
+        claimed = []
+        for job_id in candidates:
+            record = self.claim_job(job_id, worker)
+            if record is not None:
+                claimed.append(record)
+            if len(claimed) == limit:
+                break
+        return claimed
+
     def complete_job(
         self, job_id: str, result: Mapping[str, Any], guard: Mapping[str, Any] | None = None
     ) -> bool:
@@ -468,6 +494,11 @@ def create_job(request: JobRequest, model_name: str) -> JobRecord:
 def claim_job(job_id: str, worker: str) -> JobRecord | None:
     """`JobRepository.claim_job` on the default repository."""
     return default_repository().claim_job(job_id, worker)
+
+
+def claim_queued_jobs(worker: str, limit: int, model_name: str | None = None) -> list[JobRecord]:
+    """`JobRepository.claim_queued_jobs` on the default repository."""
+    return default_repository().claim_queued_jobs(worker, limit, model_name)
 
 
 def complete_job(job_id: str, result: Mapping[str, Any], guard: Mapping[str, Any] | None = None) -> bool:

@@ -16,6 +16,7 @@ from slot_core import SlotConfig, generate
 from slotq.evaluation import EvaluationError, add_eval_command, load_dataset, parse_arms, run_evaluation
 from slotq.evaluation.evaluate import EvalOptions
 from slotq.evaluation.service_runner import ServiceRunner
+from slotq.keys import create_key
 from slotq.requests import parse_job_request
 from slotq.settings import Settings
 from slotq.store import JobRepository, make_engine
@@ -122,7 +123,8 @@ def service(sqlite_url, tmp_path, tiny_model, tokenizer):
     server_thread = threading.Thread(target=server.serve_forever, daemon=True)
     worker.thread.start()
     server_thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
+    api_key = create_key("eval-tests", repository=JobRepository(engine)).key
+    yield f"http://127.0.0.1:{server.server_port}", api_key
 
     server.shutdown()
     worker.job_ids.put(None)
@@ -133,7 +135,8 @@ def service(sqlite_url, tmp_path, tiny_model, tokenizer):
 
 def test_through_service(tmp_path, service, gsm8k_file):
     dataset = load_dataset(gsm8k_file, limit=2)
-    runner = ServiceRunner(service, max_new_tokens=4, poll_interval_s=0.05, job_timeout_s=60)
+    url, api_key = service
+    runner = ServiceRunner(url, max_new_tokens=4, poll_interval_s=0.05, job_timeout_s=60, api_key=api_key)
     options = EvalOptions(out=tmp_path / "out", arms=parse_arms("0,2", "0.1"), max_new_tokens=4, batch_size=2,
                           model="tiny", progress=False)
     summary = run_evaluation(dataset, runner, options)
@@ -149,7 +152,8 @@ def test_through_service(tmp_path, service, gsm8k_file):
 
 def test_service_rejection_stops_run(tmp_path, service, gsm8k_file):
     dataset = load_dataset(gsm8k_file, limit=1)
-    runner = ServiceRunner(service, max_new_tokens=4, poll_interval_s=0.05, job_timeout_s=60)
+    url, api_key = service
+    runner = ServiceRunner(url, max_new_tokens=4, poll_interval_s=0.05, job_timeout_s=60, api_key=api_key)
     options = EvalOptions(out=tmp_path / "out", arms=parse_arms("0,500", "0.1"), max_new_tokens=4, progress=False)
     with pytest.raises(EvaluationError, match="rejected a job of arm steps=500,lr=0.1 with HTTP 422.*slot.steps"):
         run_evaluation(dataset, runner, options)

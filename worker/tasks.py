@@ -1,0 +1,130 @@
+"""The Celery task that runs one job: claim it, run SLOT and decoding, store the outcome.
+
+The job store decides which delivery may run a job: `claim_job` moves it from queued to running
+with a conditional update, so a duplicate delivery of a running, finished or cancelled job finds
+nothing to claim and returns. No database session is open while the model works.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from slotq.logging import redact_text, with_ids
+from slotq.requests import JobRequest, RequestValidationError, parse_job_request
+from slotq.settings import Settings, load_settings
+from slotq.store import repository
+from worker import runtime
+from worker.celery_app import RUN_JOB_TASK, app
+from worker import execution
+from worker.execution import JobOutcome, execute, result_fields
+
+__all__ = ["run_job", "result_fields", "load_model_after_fork"]
+
+logger = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def load_model_after_fork(**_: Any) -> None:
+    """Load the model and the default validation set in each pool process as it starts.
+
+    The first job then does not wait for either.
+
+    A load error is logged and not raised. The pool process stays up, and each job it receives
+    retries the load and fails with the load error, so the client sees what is wrong.
+    """
+    settings = load_settings()
+    try:
+        loaded = runtime.get_model(settings)
+        execution.validation_cache.get(loaded, settings, batch_id=None, batch_prompts=None)
+    except Exception:
+        logger.exception("loading the model or the validation prompts at worker start failed; jobs will retry")
+
+
+@app.task(name=RUN_JOB_TASK, ignore_result=True)
+def run_job(job_id: str) -> None:
+    """Run job ``job_id`` and write its outcome to the job store."""
+    if not isinstance(job_id, str) or not job_id:
+        logger.error("rejected task %s: job id %r is not a non-empty string", RUN_JOB_TASK, job_id)
+        return
+
+    settings = load_settings()
+    log = with_ids(logger, job_id=job_id)
+    log.info("received")
+
+    record = repository.claim_job(job_id, runtime.worker_name())
+    if record is None:
+        log.info("not claimed: the job is not queued (duplicate delivery, cancelled or unknown)")
+        return
+    if record.batch_id is not None:
+        log = with_ids(logger, job_id=job_id, batch_id=record.batch_id)
+    log.info("started attempt %d", record.attempts)
+
+    try:
+        request = parse_job_request(record.request, settings)
+    except RequestValidationError as error:
+        log.warning("failed: stored request is invalid: %s", error)
+        repository.fail_job(job_id, str(error))
+        return
+
+    outcome = _run_claimed_job(request, record, settings, log)
+    if outcome is not None:
+        _store(job_id, outcome, settings, log)
+
+
+def _run_claimed_job(request: JobRequest, record: Any, settings: Settings, log) -> JobOutcome | None:
+    """Return the job's outcome; an exception becomes a failed outcome with a clear error."""
+    from slot_core import SlotError
+
+    try:
+        loaded = runtime.get_model(settings)
+        batch = repository.get_batch(record.batch_id, counts=False) if record.batch_id else None
+        log.info(
+            "generating with steps=%d lr=%g max_new_tokens=%d on %s, prompt %s",
+            request.slot.steps,
+            request.slot.lr,
+            request.generation.max_new_tokens,
+            loaded.device,
+            redact_text(_prompt_text(request), settings.log_prompts),
+        )
+        return execute(request, loaded, settings, batch)
+    except SoftTimeLimitExceeded:
+        error = f"timed out: the job ran past its soft time limit of {app.conf.task_soft_time_limit} s"
+    except SlotError as slot_error:
+        error = f"{type(slot_error).__name__}: {slot_error}"
+    except Exception as unexpected:
+        log.exception("failed with an unexpected error")
+        error = f"internal error: {type(unexpected).__name__}: {unexpected}"
+    return JobOutcome(fields=None, error=error)
+
+
+def _store(job_id: str, outcome: JobOutcome, settings: Settings, log) -> None:
+    if outcome.error is not None:
+        log.warning("failed: %s", outcome.error)
+        if not repository.fail_job(job_id, outcome.error, guard=outcome.guard):
+            log.warning("failure not stored: the job left the running state while it ran")
+        return
+
+    fields = outcome.fields
+    if not repository.complete_job(job_id, fields, guard=outcome.guard):
+        log.warning("result not stored: the job left the running state while it ran")
+        return
+
+    overfit = outcome.guard["overfit"] if outcome.guard else None
+    log.info(
+        "finished: %d output tokens, delta norm %.4g, overfit %s, total %.0f ms, output %s",
+        fields["output_tokens"],
+        fields["delta_norm"],
+        overfit,
+        fields["timings_ms"]["total"],
+        redact_text(fields["text"], settings.log_prompts),
+    )
+
+
+def _prompt_text(request: JobRequest) -> str:
+    if request.prompt is not None:
+        return request.prompt
+    return "\n".join(message.content for message in request.messages)
