@@ -8,7 +8,7 @@ from slot_core.adamw import BatchedAdamW
 from slot_core.compat import body_of, run_body
 from slot_core.config import SlotConfig
 from slot_core.head import LMHead, read_head
-from slot_core.objective import PromptObjective, loss_targets
+from slot_core.objective import BYTES_PER_LOGIT, PromptObjective, loss_targets
 from slot_core.prompts import positions_from_mask
 
 #: Memory for cached prompt logits and working buffers of one optimisation, in MiB.
@@ -67,11 +67,64 @@ def fit_delta(head: LMHead, hidden, input_ids, attention_mask, configs: list[Slo
 
     Each row has its own config. A row stops at its own step count, or at the first step whose
     loss, gradient or new delta is not finite; it then keeps the last delta with a finite loss.
+
+    Rows are independent, so the batch is fitted in consecutive groups of rows whose cached
+    logits fit the memory budget together; a large batch then never falls back to recomputing
+    its logits at every step.
     """
+    budget_bytes = memory_budget_mb * 2**20
+    fits = []
+    for rows in _row_groups(attention_mask, head.vocab_size, budget_bytes):
+        fits.append(_fit_group(head, hidden[rows], input_ids[rows], attention_mask[rows], configs[rows],
+                               budget_bytes))
+    return _concatenate(fits, max(config.steps for config in configs), head.path)
+
+
+def _row_groups(attention_mask, vocab_size: int, budget_bytes: int) -> list[slice]:
+    """Split rows into consecutive groups whose loss positions' logits fit half the budget each.
+
+    The other half is left for the working buffers. A row too large on its own forms its own
+    group, which then streams its logits.
+    """
+    mask = attention_mask.bool()
+    positions = (mask[:, :-1] & mask[:, 1:]).sum(dim=1).tolist()
+    limit = budget_bytes // 2
+    groups, start, used = [], 0, 0
+    for row, count in enumerate(positions):
+        size = count * vocab_size * BYTES_PER_LOGIT
+        if row > start and used + size > limit:
+            groups.append(slice(start, row))
+            start, used = row, 0
+        used += size
+    groups.append(slice(start, len(positions)))
+    return groups
+
+
+def _concatenate(fits: list[DeltaFit], max_steps: int, head_path: str) -> DeltaFit:
+    """Join the fits of consecutive row groups, padding shorter traces with NaN."""
+    def padded(tensor):
+        missing = max_steps + 1 - tensor.shape[1]
+        if missing == 0:
+            return tensor
+        shape = (tensor.shape[0], missing, *tensor.shape[2:])
+        return torch.cat([tensor, torch.full(shape, float("nan"), dtype=tensor.dtype)], dim=1)
+
+    return DeltaFit(
+        delta=torch.cat([fit.delta for fit in fits]),
+        loss_trace=torch.cat([padded(fit.loss_trace) for fit in fits]),
+        history=torch.cat([padded(fit.history) for fit in fits]),
+        steps_run=[step for fit in fits for step in fit.steps_run],
+        diverged_at=[step for fit in fits for step in fit.diverged_at],
+        head_path=head_path,
+    )
+
+
+def _fit_group(head: LMHead, hidden, input_ids, attention_mask, configs: list[SlotConfig],
+               budget_bytes: int) -> DeltaFit:
     batch = len(configs)
     device = hidden.device
     targets = loss_targets(hidden, input_ids, attention_mask)
-    objective = PromptObjective(head, targets, memory_budget_mb * 2**20)
+    objective = PromptObjective(head, targets, budget_bytes)
 
     max_steps = max(config.steps for config in configs)
     steps = torch.tensor([config.steps for config in configs], device=device)

@@ -1,5 +1,6 @@
-"""One job on the loaded model: prompt-length check, SLOT fit, over-fitting check, decoding and,
-for batch jobs with a response format, the output-format check.
+"""Jobs on the loaded model: prompt-length check, SLOT fit, over-fitting check, decoding and, for
+batch jobs with a response format, the output-format check. Several claimed jobs run as one
+engine batch.
 
 Everything here runs without an open database session. The caller writes the `JobOutcome`.
 """
@@ -49,7 +50,8 @@ class ValidationCache:
         with self._lock:
             if batch_id is not None and batch_prompts:
                 if batch_id not in self._batches:
-                    self._batches[batch_id] = ValidationSet(loaded.model, loaded.tokenizer, batch_prompts)
+                    self._batches[batch_id] = ValidationSet(loaded.model, loaded.tokenizer, batch_prompts,
+                                                             memory_budget_mb=settings.logits_memory_mb)
                     while len(self._batches) > MAX_CACHED_BATCH_VALIDATION_SETS:
                         self._batches.popitem(last=False)
                 self._batches.move_to_end(batch_id)
@@ -57,11 +59,20 @@ class ValidationCache:
 
             if self._default is None:
                 prompts = load_validation_prompts(settings.validation_prompts)
-                self._default = ValidationSet(loaded.model, loaded.tokenizer, prompts)
+                self._default = ValidationSet(loaded.model, loaded.tokenizer, prompts,
+                                                  memory_budget_mb=settings.logits_memory_mb)
             return self._default
 
 
 validation_cache = ValidationCache()
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A claimed job whose stored request passed the checks, with its batch record if any."""
+
+    request: JobRequest
+    batch: Any | None = None
 
 
 def execute(request: JobRequest, loaded: LoadedModel, settings: Settings,
@@ -72,41 +83,82 @@ def execute(request: JobRequest, loaded: LoadedModel, settings: Settings,
         batch: the job's batch record (`slotq.store.BatchRecord`), or None for a single job.
 
     Raises:
-        slot_core.SlotError: the engine rejected the job (for example PromptTooLongError).
+        slot_core.SlotError: the engine rejected the job.
     """
-    from slot_core import (
-        DecodingConfig,
-        GenerationRequest,
-        SlotConfig,
-        count_prompt_tokens,
-        decode_batch,
-        model_context_length,
-        prepare_batch,
-    )
+    return execute_many([WorkItem(request, batch)], loaded, settings)[0]
 
-    prompt = request.engine_prompt
+
+def execute_many(items: list[WorkItem], loaded: LoadedModel, settings: Settings) -> list[JobOutcome]:
+    """Run several jobs as SLOT batches and return one outcome per job, in order.
+
+    Jobs that share a validation set run as one engine batch: one prefill, one delta fit with
+    each job's own settings, one decoding loop. Each job keeps its own delta, so its output is
+    the same as when it runs alone. A job whose prompt is too long fails alone.
+
+    Raises:
+        slot_core.SlotError: the engine rejected a whole batch.
+    """
+    outcomes: list[JobOutcome | None] = [None] * len(items)
+    groups: dict[str | None, list[int]] = {}
+    for index, item in enumerate(items):
+        error = _prompt_length_error(item.request, loaded, settings)
+        if error is not None:
+            outcomes[index] = JobOutcome(fields=None, error=error)
+            continue
+        groups.setdefault(_validation_key(item.batch), []).append(index)
+
+    for indices in groups.values():
+        group = [items[index] for index in indices]
+        for index, outcome in zip(indices, _execute_group(group, loaded, settings)):
+            outcomes[index] = outcome
+    return outcomes
+
+
+def _prompt_length_error(request: JobRequest, loaded: LoadedModel, settings: Settings) -> str | None:
+    from slot_core import count_prompt_tokens, model_context_length
+
+    prompt_tokens = count_prompt_tokens(loaded.tokenizer, request.engine_prompt)
     try:
-        prompt_tokens = count_prompt_tokens(loaded.tokenizer, prompt)
         check_prompt_tokens(request, prompt_tokens, model_context_length(loaded.model), settings)
     except RequestValidationError as error:
-        return JobOutcome(fields=None, error=str(error))
+        return str(error)
+    return None
+
+
+def _validation_key(batch: Any | None) -> str | None:
+    """Return the batch id when the batch brings validation prompts, else None (the default set)."""
+    if batch is not None and batch.validation_prompts:
+        return batch.id
+    return None
+
+
+def _execute_group(items: list[WorkItem], loaded: LoadedModel, settings: Settings) -> list[JobOutcome]:
+    from slot_core import decode_batch, prepare_batch
+
+    prepared = prepare_batch(loaded.model, loaded.tokenizer, [_engine_request(item.request) for item in items],
+                             memory_budget_mb=settings.logits_memory_mb)
+    guards, deltas = _check_overfit(prepared, items, loaded, settings)
+    results = decode_batch(loaded.model, loaded.tokenizer, prepared, deltas)
+
+    outcomes = []
+    for item, result, guard in zip(items, results, guards):
+        if guard is not None and guard["rejected"]:
+            outcomes.append(JobOutcome(fields=None, error=guard["reason"], guard=guard))
+            continue
+        fields = result_fields(result, loaded.model_name)
+        fields.update(_format_fields(result.text, item.batch))
+        outcomes.append(JobOutcome(fields=fields, error=None, guard=guard))
+    return outcomes
+
+
+def _engine_request(request: JobRequest):
+    from slot_core import DecodingConfig, GenerationRequest, SlotConfig
 
     generation = request.generation
     decoding = DecodingConfig(max_new_tokens=generation.max_new_tokens, temperature=generation.temperature,
                               top_p=generation.top_p, seed=generation.seed, stop=tuple(generation.stop))
     slot = SlotConfig(steps=request.slot.steps, lr=request.slot.lr)
-    prepared = prepare_batch(loaded.model, loaded.tokenizer, [GenerationRequest(prompt, slot, decoding)])
-
-    guard, deltas = None, None
-    if request.slot.steps > 0:
-        guard, deltas = _check_overfit(prepared, request, loaded, settings, batch)
-        if guard["rejected"]:
-            return JobOutcome(fields=None, error=guard["reason"], guard=guard)
-
-    result = decode_batch(loaded.model, loaded.tokenizer, prepared, deltas)[0]
-    fields = result_fields(result, loaded.model_name)
-    fields.update(_format_fields(result.text, batch))
-    return JobOutcome(fields=fields, error=None, guard=guard)
+    return GenerationRequest(request.engine_prompt, slot, decoding)
 
 
 def result_fields(result: Any, model_name: str) -> dict[str, Any]:
@@ -122,17 +174,26 @@ def result_fields(result: Any, model_name: str) -> dict[str, Any]:
     return fields
 
 
-def _check_overfit(prepared: Any, request: JobRequest, loaded: LoadedModel, settings: Settings,
-                   batch: Any | None) -> tuple[dict[str, Any], Any]:
+def _check_overfit(prepared: Any, items: list[WorkItem], loaded: LoadedModel,
+                   settings: Settings) -> tuple[list[dict[str, Any] | None], Any]:
+    """Return one guard record per job (None for steps = 0) and the deltas to decode with."""
     from slotq.guardrails import check_fit
 
+    if all(item.request.slot.steps == 0 for item in items):
+        return [None] * len(items), None
+
+    batch = items[0].batch  # every job of a group shares its validation set
     batch_id = batch.id if batch is not None else None
     batch_prompts = batch.validation_prompts if batch is not None else None
     validation = validation_cache.get(loaded, settings, batch_id, batch_prompts)
-    outcomes, deltas = check_fit(prepared.fit, validation, [request.slot.overfit_policy],
-                                 settings.overfit_tolerance)
-    guard = {**outcomes[0].to_dict(), "tolerance": settings.overfit_tolerance}
-    return guard, deltas
+    policies = [item.request.slot.overfit_policy for item in items]
+    outcomes, deltas = check_fit(prepared.fit, validation, policies, settings.overfit_tolerance)
+
+    guards = [
+        {**outcome.to_dict(), "tolerance": settings.overfit_tolerance} if item.request.slot.steps > 0 else None
+        for item, outcome in zip(items, outcomes)
+    ]
+    return guards, deltas
 
 
 def _format_fields(text: str, batch: Any | None) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The Celery task that runs one job: claim it, run SLOT and decoding, store the outcome.
+"""The Celery task that runs jobs: claim one, and more queued ones to batch with it, run SLOT and
+decoding, store each outcome.
 
 The job store decides which delivery may run a job: `claim_job` moves it from queued to running
 with a conditional update, so a duplicate delivery of a running, finished or cancelled job finds
@@ -8,6 +9,7 @@ nothing to claim and returns. No database session is open while the model works.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -20,7 +22,7 @@ from slotq.store import repository
 from worker import runtime
 from worker.celery_app import RUN_JOB_TASK, app
 from worker import execution
-from worker.execution import JobOutcome, execute, result_fields
+from worker.execution import JobOutcome, WorkItem, execute_many, result_fields
 
 __all__ = ["run_job", "result_fields", "load_model_after_fork"]
 
@@ -46,7 +48,7 @@ def load_model_after_fork(**_: Any) -> None:
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
 def run_job(job_id: str) -> None:
-    """Run job ``job_id`` and write its outcome to the job store."""
+    """Run job ``job_id``, and other queued jobs with it as one batch; store every outcome."""
     if not isinstance(job_id, str) or not job_id:
         logger.error("rejected task %s: job id %r is not a non-empty string", RUN_JOB_TASK, job_id)
         return
@@ -59,46 +61,82 @@ def run_job(job_id: str) -> None:
     if record is None:
         log.info("not claimed: the job is not queued (duplicate delivery, cancelled or unknown)")
         return
-    if record.batch_id is not None:
-        log = with_ids(logger, job_id=job_id, batch_id=record.batch_id)
-    log.info("started attempt %d", record.attempts)
 
+    records = [record] + _claim_company(record, settings)
+    claimed = [item for item in (_accept(record, settings) for record in records) if item is not None]
+    if claimed:
+        _run_claimed_jobs(claimed, settings)
+
+
+def _claim_company(record: Any, settings: Settings) -> list[Any]:
+    """Claim more queued jobs of this worker's model to run in the same SLOT batch.
+
+    Waits at most ``settings.worker_batch_wait_ms`` for jobs submitted just after this one, so a
+    lone job is held back no longer than that. Each companion job's own queue message later finds
+    it claimed and does nothing.
+    """
+    wanted = settings.worker_batch_size - 1
+    if wanted <= 0:
+        return []
+
+    worker = runtime.worker_name()
+    company = repository.claim_queued_jobs(worker, wanted, model_name=record.model_name)
+    if len(company) < wanted and settings.worker_batch_wait_ms > 0:
+        time.sleep(settings.worker_batch_wait_ms / 1000)
+        company += repository.claim_queued_jobs(worker, wanted - len(company), model_name=record.model_name)
+    if company:
+        with_ids(logger, job_id=record.id).info(
+            "running with %d more queued jobs as one batch: %s", len(company), ", ".join(r.id for r in company)
+        )
+    return company
+
+
+def _accept(record: Any, settings: Settings) -> tuple[Any, JobRequest, Any] | None:
+    """Re-check a claimed job's stored request; fail the job when it is invalid."""
+    log = with_ids(logger, job_id=record.id, batch_id=record.batch_id)
+    log.info("started attempt %d", record.attempts)
     try:
         request = parse_job_request(record.request, settings)
     except RequestValidationError as error:
         log.warning("failed: stored request is invalid: %s", error)
-        repository.fail_job(job_id, str(error))
-        return
-
-    outcome = _run_claimed_job(request, record, settings, log)
-    if outcome is not None:
-        _store(job_id, outcome, settings, log)
+        repository.fail_job(record.id, str(error))
+        return None
+    return record, request, log
 
 
-def _run_claimed_job(request: JobRequest, record: Any, settings: Settings, log) -> JobOutcome | None:
-    """Return the job's outcome; an exception becomes a failed outcome with a clear error."""
+def _run_claimed_jobs(claimed: list[tuple[Any, JobRequest, Any]], settings: Settings) -> None:
+    """Run the claimed jobs and store one outcome each; an error of the batch fails every job."""
+    outcomes = _execute(claimed, settings)
+    for (record, _, log), outcome in zip(claimed, outcomes):
+        _store(record.id, outcome, settings, log)
+
+
+def _execute(claimed: list[tuple[Any, JobRequest, Any]], settings: Settings) -> list[JobOutcome]:
     from slot_core import SlotError
 
+    first_log = claimed[0][2]
     try:
         loaded = runtime.get_model(settings)
-        batch = repository.get_batch(record.batch_id, counts=False) if record.batch_id else None
-        log.info(
-            "generating with steps=%d lr=%g max_new_tokens=%d on %s, prompt %s",
-            request.slot.steps,
-            request.slot.lr,
-            request.generation.max_new_tokens,
-            loaded.device,
-            redact_text(_prompt_text(request), settings.log_prompts),
-        )
-        return execute(request, loaded, settings, batch)
+        batches: dict[str, Any] = {}
+        items = []
+        for record, request, log in claimed:
+            if record.batch_id is not None and record.batch_id not in batches:
+                batches[record.batch_id] = repository.get_batch(record.batch_id, counts=False)
+            log.info(
+                "generating with steps=%d lr=%g max_new_tokens=%d on %s in a batch of %d, prompt %s",
+                request.slot.steps, request.slot.lr, request.generation.max_new_tokens, loaded.device,
+                len(claimed), redact_text(_prompt_text(request), settings.log_prompts),
+            )
+            items.append(WorkItem(request, batches.get(record.batch_id)))
+        return execute_many(items, loaded, settings)
     except SoftTimeLimitExceeded:
         error = f"timed out: the job ran past its soft time limit of {app.conf.task_soft_time_limit} s"
     except SlotError as slot_error:
         error = f"{type(slot_error).__name__}: {slot_error}"
     except Exception as unexpected:
-        log.exception("failed with an unexpected error")
+        first_log.exception("failed with an unexpected error in a batch of %d jobs", len(claimed))
         error = f"internal error: {type(unexpected).__name__}: {unexpected}"
-    return JobOutcome(fields=None, error=error)
+    return [JobOutcome(fields=None, error=error)] * len(claimed)
 
 
 def _store(job_id: str, outcome: JobOutcome, settings: Settings, log) -> None:

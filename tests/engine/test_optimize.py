@@ -121,3 +121,49 @@ def _hidden(model, input_ids, mask):
 
     with torch.no_grad():
         return run_body(body_of(model), input_ids, mask, positions_from_mask(mask))
+
+
+def test_cached_path_falls_back_when_normaliser_underflows():
+    from slot_core.objective import PromptObjective, loss_targets
+
+    model = build_tiny("llama")
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(10.0)  # base logits then span far more than 46 nats
+    input_ids, mask = pad(random_ids([9, 6], seed=7), "left")
+    hidden, _ = _hidden(model, input_ids, mask)
+    targets = loss_targets(hidden, input_ids, mask)
+    head = read_head(model)
+    cached = PromptObjective(head, targets, 512 * 2**20)
+    streamed = PromptObjective(head, targets, 2**20)
+    assert cached.cache is not None
+    assert streamed.cache is None
+
+    # The small delta stays on the cached path; the large one moves the probability mass to tokens
+    # whose cached exp(base - max) underflows, so the normaliser does too.
+    for scale, underflows in ((0.01, False), (1e3, True)):
+        delta = torch.randn(2, 32, generator=torch.Generator().manual_seed(1)) * scale
+        assert (cached.cache.evaluate(head.delta_logits(delta), targets, True) is None) == underflows
+        cached_loss, cached_grad = cached.evaluate(delta, with_grad=True)
+        streamed_loss, streamed_grad = streamed.evaluate(delta, with_grad=True)
+        torch.testing.assert_close(cached_loss, streamed_loss, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(cached_grad, streamed_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_row_groups_match_one_group():
+    from slot_core.optimize import _row_groups
+
+    model = build_tiny("qwen2")
+    input_ids, mask = pad(random_ids(LENGTHS, seed=8), "left")
+    hidden, _ = _hidden(model, input_ids, mask)
+    configs = [slot_core.SlotConfig(steps=2), slot_core.SlotConfig(steps=6, lr=0.02), slot_core.SlotConfig(steps=4)]
+    # 8 MiB splits these rows into two groups whose logits are still cached.
+    assert len(_row_groups(mask, 49152, 8 * 2**20)) == 2
+    assert len(_row_groups(mask, 49152, 512 * 2**20)) == 1
+
+    grouped = fit_delta(read_head(model), hidden, input_ids, mask, configs, memory_budget_mb=8)
+    whole = fit_delta(read_head(model), hidden, input_ids, mask, configs, memory_budget_mb=512)
+
+    torch.testing.assert_close(grouped.delta, whole.delta, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grouped.loss_trace, whole.loss_trace, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert grouped.loss_trace.shape == (3, 7)
+    assert grouped.steps_run == whole.steps_run == [2, 6, 4]

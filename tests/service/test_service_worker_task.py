@@ -1,7 +1,7 @@
 """The `slotq.run_job` task on a real SQLite job store with the real bundled model.
 
 Error paths that the real engine cannot be made to hit on demand (an unexpected exception, a
-soft time limit) replace `worker.tasks.execute` with a function that raises.
+soft time limit) replace `worker.tasks.execute_many` with a function that raises.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def raise_in_execute(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> N
     def execute(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(tasks, "execute", execute)
+    monkeypatch.setattr(tasks, "execute_many", execute)
 
 
 def test_run_job_stores_result(store, worker_model, tmp_path) -> None:
