@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.app import create_app  # noqa: E402
 from slotq.settings import Settings  # noqa: E402
+from slotq.keys import create_key  # noqa: E402
 from slotq.store import Job, JobRepository, make_engine  # noqa: E402
 from slotq.store.migrate import upgrade  # noqa: E402
 
@@ -97,6 +98,7 @@ def _run(args: argparse.Namespace, url: str, queue: str, broker: redis.Redis) ->
     settings = Settings(database_url=url, broker_url=args.redis_url, queue=queue, log_level="WARNING")
     engine = make_engine(url)
     app = create_app(settings, repository=JobRepository(engine))
+    api_key = create_key("bench", repository=JobRepository(engine)).key
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -111,7 +113,7 @@ def _run(args: argparse.Namespace, url: str, queue: str, broker: redis.Redis) ->
             response = requests.post(
                 f"{base}/v1/batches",
                 data=body,
-                headers={"Content-Type": "application/x-ndjson"},
+                headers={"Content-Type": "application/x-ndjson", "Authorization": f"Bearer {api_key}"},
                 timeout=300,
             )
             elapsed = time.perf_counter() - started

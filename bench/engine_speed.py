@@ -155,6 +155,7 @@ def main():
     report = summarise(samples, prompt_tokens, args.rounds)
     print_report(report)
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2, ensure_ascii=False)
 

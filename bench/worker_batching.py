@@ -89,6 +89,7 @@ def main():
     report["speedup"] = round(report["arms"][names[1]]["jobs_per_minute"] / report["arms"][names[0]]["jobs_per_minute"], 2)
     print(json.dumps(report, indent=2, ensure_ascii=False))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
 
 

@@ -8,6 +8,7 @@ Subcommands:
     serve       run the embedded single-machine stack (API and one worker)
     demo        submit real prompts to the embedded stack (or a running API) and print a table
     keys        create, list and revoke API keys
+    purge       delete prompts, outputs and deltas of old jobs, keeping their metrics
     batch       submit a batch file, follow it and download its results
     eval        compare SLOT settings on a data set
 """
@@ -79,12 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_feature_commands(commands) -> None:
-    """Register the subcommands that live next to their features: keys, batch and eval."""
+    """Register the subcommands that live next to their features: keys, purge, batch and eval."""
     from slotq.batch_client import add_batch_commands
     from slotq.evaluation.command import add_eval_command
     from slotq.keys import add_keys_command
+    from slotq.purge import add_purge_command
 
     add_keys_command(commands)
+    add_purge_command(commands)
     add_batch_commands(commands)
     add_eval_command(commands)
 
