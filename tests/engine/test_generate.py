@@ -259,3 +259,21 @@ def test_default_config_lowers_prompt_loss(bundled):
     results = slot_core.generate(model, tokenizer, prompts, slot_core.SlotConfig(), max_new_tokens=4)
     for result in results:
         assert result.loss_trace[-1] < result.loss_trace[0]
+
+
+def test_bfloat16_model_generates(fresh_tokenizer):
+    model = build_tiny("qwen2").to(torch.bfloat16)
+    (result,) = slot_core.generate(model, fresh_tokenizer, [PROMPTS[1]], slot_core.SlotConfig(steps=3, lr=0.05),
+                                   max_new_tokens=6)
+    assert result.delta.dtype == torch.float32
+    assert result.output_tokens >= 1
+    assert all(value == value for value in result.loss_trace)
+
+
+def test_length_cut_drops_incomplete_character(bundled):
+    model, tokenizer = bundled
+    prompt = [{"role": "user", "content": "日本の首都はどこですか？一文で答えてください。"}]
+    for max_new_tokens in range(1, 9):
+        (result,) = slot_core.generate(model, tokenizer, [prompt], slot_core.SlotConfig(steps=0),
+                                       max_new_tokens=max_new_tokens)
+        assert not result.text.endswith("\ufffd"), (max_new_tokens, result.text)

@@ -167,3 +167,21 @@ def test_row_groups_match_one_group():
     torch.testing.assert_close(grouped.loss_trace, whole.loss_trace, rtol=1e-5, atol=1e-6, equal_nan=True)
     assert grouped.loss_trace.shape == (3, 7)
     assert grouped.steps_run == whole.steps_run == [2, 6, 4]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_keeps_delta_float32(dtype):
+    # CUDA workers load bfloat16 weights; the same code path runs here on the CPU.
+    reference_model = build_tiny("llama")
+    half_model = build_tiny("llama").to(dtype)
+    input_ids, mask = pad(random_ids(LENGTHS, seed=9), "left")
+
+    half = slot_core.optimize_delta(half_model, input_ids, mask, config=CONFIG)
+    full = slot_core.optimize_delta(reference_model, input_ids, mask, config=CONFIG)
+
+    assert half.delta.dtype == torch.float32
+    assert half.loss_trace.dtype == torch.float32
+    assert torch.isfinite(half.loss_trace).all()
+    for row in range(len(LENGTHS)):
+        assert_delta_close(half.delta[row], full.delta[row], tolerance=0.1)
+    assert next(half_model.parameters()).dtype == dtype
