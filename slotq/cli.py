@@ -21,6 +21,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from sqlalchemy.exc import DBAPIError
+
 from slotq.logging import configure_logging
 from slotq.settings import SettingsError, load_settings
 
@@ -56,6 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"slotq {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except DBAPIError as error:
+        # A missing table means the database was never migrated; any other database error is
+        # reported in one line too, with the driver's own message.
+        reason = str(error.orig).splitlines()[0] if error.orig is not None else type(error).__name__
+        print(
+            f"slotq {args.command}: database error: {reason}. Check SLOTQ_DATABASE_URL and that the "
+            "database is migrated: run 'slotq db upgrade' (or start 'slotq serve' once) first",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"slotq {args.command}: interrupted", file=sys.stderr)
         return 130
