@@ -82,7 +82,7 @@ def test_bundled_model_two_prompts(tmp_path, ifeval_file, small_validation_file)
                       "--max-new-tokens", "8", "--device", "cpu", "--out", str(out), "--no-progress"])
     assert status == 0
     summary = check_outputs(out, prompts=2, arms=2)
-    assert summary["run"]["model"] == "SmolLM2-135M-Instruct"
+    assert summary["run"]["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert summary["arms"][1]["overfit"]["total"] == 2
     assert all(len(row["loss_trace"]) == 3 for row in map(json.loads, (out / "results.jsonl").read_text().splitlines())
                if row["arm"] != "steps=0")
