@@ -306,6 +306,8 @@ def _describe_error(response: requests.Response) -> str:
         lines.append("  set SLOTQ_API_KEY to a key from 'slotq keys create --tenant NAME'")
     for detail in error.get("details", []):
         lines.append("  " + _describe_line_problem(detail))
+    if "skip_invalid=true" in error["message"]:
+        lines.append("  run 'slotq batch submit' again with --skip-invalid to leave the invalid lines out")
     return "\n".join(lines)
 
 
@@ -314,7 +316,14 @@ def _describe_line_problem(detail: dict[str, Any]) -> str:
     if detail.get("custom_id") is not None:
         where += f" ({detail['custom_id']})"
     problems = detail.get("errors") or [detail]
-    return "; ".join(f"{where}: {problem['field']}={problem['value']!r} {problem['message']}" for problem in problems)
+    return "; ".join(f"{where}: {_describe_problem(problem)}" for problem in problems)
+
+
+def _describe_problem(problem: dict[str, Any]) -> str:
+    # A problem with the whole line (not JSON, too long) has no field value worth showing.
+    if problem.get("field") == "line":
+        return str(problem["message"])
+    return f"{problem['field']}={problem['value']!r} {problem['message']}"
 
 
 def _resume_point(output: Path) -> tuple[int, int]:
