@@ -17,24 +17,19 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine, delete, text
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
+from sqlalchemy import delete
+from sqlalchemy.engine import Engine
 
+from postgres_support import private_database
 from slotq.settings import Settings
 from slotq.store import Base, JobRepository, make_engine
 from slotq.store.migrate import upgrade
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "SLOTQ_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
 REDIS_URL = os.environ.get("SLOTQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -49,21 +44,9 @@ def clean_slotq_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """URL of a fresh, migrated Postgres database private to this test session."""
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    name = f"slotq_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as error:
-        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {error.orig}")
-
-    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with private_database("slotq_test") as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

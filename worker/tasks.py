@@ -75,8 +75,8 @@ def _claim_company(record: Any, settings: Settings) -> list[Any]:
     lone job is held back no longer than that. Each companion job's own queue message later finds
     it claimed and does nothing.
     """
-    # NOTE: if this process dies mid-batch, only this task's message is redelivered; the
-    # companions stay "running" until a lease sweeper re-queues them, which does not exist yet.
+    # NOTE: if this process dies mid-batch, only this task's message is redelivered. The
+    # companions stay "running" because no lease sweeper exists yet to re-queue them.
     wanted = settings.worker_batch_size - 1
     if wanted <= 0:
         return []

@@ -18,16 +18,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
 
 from integration_support import PROJECT_ROOT
+from postgres_support import private_database
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "SLOTQ_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
 REDIS_URL = os.environ.get("SLOTQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 #: Converted bundled model, shared by every test run of this checkout so conversion happens once.
 MODEL_CACHE_DIR = Path(
@@ -71,19 +66,8 @@ def model_cache_dir() -> Path:
 @pytest.fixture(scope="session")
 def integration_database_url() -> Iterator[str]:
     """URL of a new, empty Postgres database for this session; `slotq db upgrade` migrates it."""
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    name = f"slotq_it_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as error:
-        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {error.orig}")
-
-    yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with private_database("slotq_it") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
+from sqlalchemy import inspect, text
 
 from slotq.guardrails import GuardOutcome
 from slotq.requests import parse_job_request
 from slotq.settings import Settings
+from postgres_support import private_database
 from slotq.store import JobRepository, make_engine
 from slotq.store import repository as repository_module
 from slotq.store.migrate import current_revision, downgrade, upgrade
 
 SETTINGS = Settings(data_dir="/nonexistent/slotq-tests")
-POSTGRES_ADMIN_URL = os.environ.get(
-    "SLOTQ_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
 GUARD_COLUMNS = (
     "validation_loss",
     "validation_loss_base",
@@ -319,19 +312,8 @@ VALUES (:id, 'queued', '{"prompt": "x"}', 5, 0.1, '{}', '{}', 'm',
 @pytest.fixture
 def fresh_postgres_url() -> Iterator[str]:
     """URL of an empty Postgres database for one test, dropped afterwards."""
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    name = f"slotq_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as error:
-        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {error.orig}")
-
-    yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with private_database("slotq_test") as url:
+        yield url
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
