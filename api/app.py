@@ -12,7 +12,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from api import admin, batches, health, jobs, openapi
+from api import admin, batches, health, jobs, metrics, openapi
 from api.auth import authenticate
 from api.enqueue import Enqueue, make_celery_enqueue
 from api.errors import register_error_handlers
@@ -60,13 +60,17 @@ def create_app(
     )
 
     # Hooks run in this order, so a request without a valid key never reaches the rate limit
-    # or a handler, and nothing reads the body before the handler sets its size limit.
+    # or a handler, and nothing reads the body before the handler sets its size limit. The
+    # metrics hook comes first, so that requests rejected by a later hook are counted too.
+    metrics.install_http_metrics(app)
     app.before_request(_assign_request_id)
     app.before_request(authenticate)
     app.before_request(limit_rate)
     app.after_request(_send_request_id)
     register_error_handlers(app)
-    for blueprint in (jobs.blueprint, batches.blueprint, admin.blueprint, health.blueprint, openapi.blueprint):
+    for blueprint in (
+        jobs.blueprint, batches.blueprint, admin.blueprint, health.blueprint, openapi.blueprint, metrics.blueprint
+    ):
         app.register_blueprint(blueprint)
 
     if settings.auth == "disabled":

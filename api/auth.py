@@ -1,9 +1,9 @@
 """Authentication of API requests by key, and the tenant each request acts for.
 
 A request sends its key as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. Every route
-needs one except the probes and the OpenAPI document. A missing, unknown or revoked key gets
-401 with a ``WWW-Authenticate`` header. With ``SLOTQ_AUTH=disabled`` (unsafe, local use only)
-every request acts as the admin of the tenant `LOCAL_TENANT`.
+needs one except the probes, the OpenAPI document and ``/metrics``. A missing, unknown or
+revoked key gets 401 with a ``WWW-Authenticate`` header. With ``SLOTQ_AUTH=disabled`` (unsafe,
+local use only) every request acts as the admin of the tenant `LOCAL_TENANT`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 
 AUTHORIZATION_HEADER = "Authorization"
 API_KEY_HEADER = "X-API-Key"
-#: Endpoints that answer without a key: liveness, readiness and the OpenAPI document.
-PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "openapi.openapi_json"})
+#: Endpoints that need no key: liveness, readiness, the OpenAPI document and the
+#: Prometheus metrics, which contain aggregate numbers only and no tenant data.
+PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "openapi.openapi_json", "metrics.metrics"})
 #: Tenant that every request acts for when ``SLOTQ_AUTH=disabled``.
 LOCAL_TENANT = "local"
 _LOCAL_PRINCIPAL_KEY = "slotq_local_principal"

@@ -23,7 +23,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from api.auth import current_principal
 from api.backpressure import check_queue_room, queue_full
 from api.batch_views import batch_detail, batch_url, result_line, results_url
-from api.enqueue import enqueue_all
+from api.enqueue import send_recorded
 from api.errors import ApiError
 from api.idempotency import HashingReader, idempotency_key, replay
 from api.jobs import JOB_ID_PATTERN
@@ -108,10 +108,13 @@ def submit_batch() -> tuple[Response, int, dict[str, str]]:
         raise queue_full(error) from error
 
     log = with_ids(logger, batch_id=batch.id, request_id=g.request_id, tenant_id=tenant_id)
-    _send_jobs(state.enqueue, job_ids, log)
-
     body = _accepted_body(batch, upload)
-    return jsonify(body), 202, {"Location": body["url"]}
+    response = jsonify(body)
+    # The jobs are committed, so the batch is accepted before its messages go out: sending
+    # thousands of messages would otherwise double the time the client waits. Messages that
+    # this process fails to send (or dies before sending) are sent by the sweeper.
+    response.call_on_close(lambda: _send_jobs(state, job_ids, log))
+    return response, 202, {"Location": body["url"]}
 
 
 def _accepted_body(batch: BatchRecord, upload: BatchUpload) -> dict:
@@ -190,14 +193,14 @@ def cancel_batch(batch_id: str) -> Response:
     return jsonify({**batch_detail(batch), "cancelled_jobs": outcome.cancelled_jobs})
 
 
-def _send_jobs(enqueue, job_ids: list[str], log) -> None:
+def _send_jobs(state, job_ids: list[str], log) -> None:
     try:
-        enqueue_all(enqueue, job_ids)
+        send_recorded(state.enqueue, state.repository, job_ids)
     except Exception:
-        # The batch is committed, so failing the request would make the client upload it
-        # twice. Jobs that were not sent stay queued, as for single jobs.
-        # TODO: a sweeper must re-enqueue jobs that stay queued after a failed send.
-        log.warning("batch stored but not all %d jobs were sent to the broker; they stay queued", len(job_ids), exc_info=True)
+        log.warning(
+            "batch stored but not all %d jobs were sent to the broker; the sweeper will send the rest",
+            len(job_ids), exc_info=True,
+        )
     else:
         log.info("batch accepted and %d jobs sent to the queue", len(job_ids))
 

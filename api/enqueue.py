@@ -1,12 +1,15 @@
 """Sending jobs to the workers through the Celery broker, without importing the worker code.
 
 The API image has no torch, so it must not import ``worker``: it sends the task by name.
+Every successful send is recorded on the job (``enqueued_at``), so the sweeper knows which
+queued jobs never got a message.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from celery import Celery
 
@@ -26,6 +29,24 @@ SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5
 #: ``enqueue(job_id)`` sends one job. An enqueue may also have ``many(job_ids)``, which sends
 #: several over one connection; `enqueue_all` falls back to one call per job without it.
 Enqueue = Callable[[str], None]
+
+#: Jobs per send in `send_recorded`; each chunk's send is recorded before the next one starts.
+SEND_CHUNK = 500
+
+
+class SendRecorder(Protocol):
+    """The part of the job store that `send_recorded` needs."""
+
+    def mark_enqueued(self, job_ids: Sequence[str]) -> int: ...
+
+
+class PartialSendError(Exception):
+    """A send failed after ``sent`` jobs had been sent and recorded; ``__cause__`` is the error."""
+
+    def __init__(self, sent: int, total: int, error: BaseException):
+        super().__init__(f"sent {sent} of {total} jobs, then {type(error).__name__}: {error}")
+        self.sent = sent
+        self.total = total
 
 
 def broker_transport_options(broker_url: str, timeout_s: float) -> dict[str, float]:
@@ -47,6 +68,22 @@ def enqueue_all(enqueue: Enqueue, job_ids: Sequence[str]) -> None:
         return
     for job_id in job_ids:
         enqueue(job_id)
+
+
+def send_recorded(enqueue: Enqueue, store: SendRecorder, job_ids: Sequence[str]) -> int:
+    """Send ``job_ids`` in order, in chunks, and record each chunk's send in ``store``.
+
+    Returns the number of jobs sent. Raises `PartialSendError` at the first chunk that fails;
+    the chunks before it are sent and recorded, the rest are left for the sweeper.
+    """
+    for start in range(0, len(job_ids), SEND_CHUNK):
+        chunk = list(job_ids[start : start + SEND_CHUNK])
+        try:
+            enqueue_all(enqueue, chunk)
+        except Exception as error:
+            raise PartialSendError(start, len(job_ids), error) from error
+        store.mark_enqueued(chunk)
+    return len(job_ids)
 
 
 class CeleryEnqueue:

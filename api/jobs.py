@@ -12,6 +12,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import current_principal
 from api.backpressure import check_queue_room, queue_full
+from api.enqueue import send_recorded
 from api.errors import ApiError
 from api.idempotency import idempotency_key, json_request_hash, replay
 from api.state import current_state
@@ -79,13 +80,12 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
 
     log = with_ids(logger, job_id=job.id, request_id=g.request_id, tenant_id=tenant_id)
     try:
-        state.enqueue(job.id)
+        send_recorded(state.enqueue, state.repository, [job.id])
     except Exception:
         # The job is committed, so returning 500 would make the client submit it twice. Any
-        # error here, not only a broker outage, leaves the job queued and accepted.
-        # TODO: a sweeper must re-enqueue jobs that stay queued after a failed send; until it
-        # exists, such a job waits until someone sends slotq.run_job for it again.
-        log.warning("job stored but not sent to the broker; it stays queued", exc_info=True)
+        # error here, not only a broker outage, leaves the job queued and accepted; the
+        # sweeper sends it once SLOTQ_ENQUEUE_GRACE_S has passed.
+        log.warning("job stored but not sent to the broker; the sweeper will send it", exc_info=True)
     else:
         log.info("job accepted and sent to queue %s", state.settings.queue)
 

@@ -11,6 +11,7 @@ Subcommands:
     purge       delete prompts, outputs and deltas of old jobs, keeping their metrics
     batch       submit a batch file, follow it and download its results
     eval        compare SLOT settings on a data set
+    flower      run Flower, the Celery web monitor, with HTTP basic authentication
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(commands)
     _add_api(commands)
     _add_worker(commands)
+    _add_sweeper(commands)
     _add_serve(commands)
     _add_demo(commands)
     _add_feature_commands(commands)
@@ -92,9 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_feature_commands(commands) -> None:
-    """Register the subcommands that live next to their features: keys, purge, batch and eval."""
+    """Register the subcommands that live next to their features: keys, purge, batch, eval and flower."""
     from slotq.batch_client import add_batch_commands
     from slotq.evaluation.command import add_eval_command
+    from slotq.flower import add_flower_command
     from slotq.keys import add_keys_command
     from slotq.purge import add_purge_command
 
@@ -102,6 +105,7 @@ def _add_feature_commands(commands) -> None:
     add_purge_command(commands)
     add_batch_commands(commands)
     add_eval_command(commands)
+    add_flower_command(commands)
 
 
 # --- generate -----------------------------------------------------------------------------------
@@ -228,6 +232,7 @@ def _add_api(commands) -> None:
 def _run_api(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
+    from slotq.metrics import prepare_multiprocess_dir
     from worker.settings import load_process_settings
 
     settings = load_settings()
@@ -264,8 +269,13 @@ def _run_api(args: argparse.Namespace) -> int:
 
             return create_app()
 
+    # Before gunicorn forks and any worker imports prometheus_client (see slotq.metrics).
+    metrics_dir = prepare_multiprocess_dir("api")
     logger.info("starting API on http://%s:%d with %d gunicorn workers", host, port, workers)
-    ApiServer().run()
+    try:
+        ApiServer().run()
+    finally:
+        metrics_dir.remove()
     return 0
 
 
@@ -289,6 +299,30 @@ def _run_worker(args: argparse.Namespace) -> int:
     from worker.main import run_worker
 
     return run_worker(concurrency=args.concurrency, pool=args.pool, hostname=args.hostname)
+
+
+# --- sweeper ------------------------------------------------------------------------------------
+
+
+def _add_sweeper(commands) -> None:
+    parser = commands.add_parser(
+        "sweeper",
+        help="queue again jobs whose worker died and send jobs whose message was never sent or was lost",
+        description="Run the sweeper until SIGINT or SIGTERM: every SLOTQ_SWEEP_INTERVAL_S it queues "
+        "again running jobs whose lease (SLOTQ_LEASE_S) passed, fails those past SLOTQ_MAX_ATTEMPTS, "
+        "and sends queued jobs that have no message in the broker. Several sweepers may run at once.",
+    )
+    parser.set_defaults(handler=_run_sweeper)
+
+
+def _run_sweeper(args: argparse.Namespace) -> int:
+    from slotq.logging import configure_logging
+    from slotq.settings import load_settings
+    from slotq.sweeper import run_sweeper_process
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return run_sweeper_process(settings)
 
 
 # --- serve --------------------------------------------------------------------------------------

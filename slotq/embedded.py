@@ -1,12 +1,12 @@
-"""The single-machine stack behind ``slotq serve`` and ``slotq demo``: API and one worker.
+"""The single-machine stack behind ``slotq serve`` and ``slotq demo``: API, one worker, sweeper.
 
 With no configuration the job store and the broker are SQLite files in ``SLOTQ_DATA_DIR``
 (kombu's SQLAlchemy transport carries the Celery messages), so nothing else has to run. With
 ``SLOTQ_DATABASE_URL`` and ``SLOTQ_BROKER_URL`` set, the same processes use those servers.
 
-`Stack` starts ``slotq api`` and ``slotq worker`` as child processes, each in its own session
-(process group), so a terminal's Ctrl-C reaches only the parent. The parent then stops the API
-and the worker in order, and kills any process group that outlives the grace period.
+`Stack` starts ``slotq api``, ``slotq worker`` and ``slotq sweeper`` as child processes, each in
+its own session (process group), so a terminal's Ctrl-C reaches only the parent. The parent then
+stops them in order, and kills any process group that outlives the grace period.
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ class Stack:
         logger.info("database migrated")
 
     def start(self) -> None:
-        """Start the worker and the API processes without waiting for them (see `wait_ready`)."""
+        """Start the worker, sweeper and API processes without waiting for them (see `wait_ready`)."""
         self.processes["worker"] = self._spawn(["worker"])
+        self.processes["sweeper"] = self._spawn(["sweeper"])
         self.processes["api"] = self._spawn(["api"])
         for name, process in self.processes.items():
             logger.info("started %s process %d", name, process.pid)
@@ -107,8 +108,13 @@ class Stack:
                 raise StackError(f"the {name} process {process.pid} exited with status {code}")
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Stop the API, then the worker: SIGTERM, then SIGKILL of the group after ``grace_s``."""
-        for name in ("api", "worker"):
+        """Stop the API, the sweeper, then the worker: SIGTERM, then SIGKILL of the group after
+        ``grace_s``.
+
+        A job that the worker is still running when it is killed stays running in the store;
+        on the next start the sweeper finds its lease passed and queues it again.
+        """
+        for name in ("api", "sweeper", "worker"):
             process = self.processes.get(name)
             if process is not None:
                 _stop_process_group(name, process, grace_s)

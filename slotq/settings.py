@@ -14,6 +14,10 @@ that does not parse, or lies outside its allowed range, makes `load_settings` ra
 | `SLOTQ_DEVICE` | - | `auto` | `auto`, `cpu`, `cuda` | Worker device; `auto` picks CUDA when present. |
 | `SLOTQ_API_HOST` | host | `127.0.0.1` | any host name or address | Address the API server binds. |
 | `SLOTQ_API_PORT` | TCP port | `8000` | 1 to 65535 | Port the API server binds. |
+| `SLOTQ_FLOWER_BASIC_AUTH` | - | unset | `user:password`, several joined by `,` | HTTP basic authentication of `slotq flower`, which does not start without it. Passwords cannot contain `,`. |
+| `SLOTQ_FLOWER_HOST` | host | `127.0.0.1` | any host name or address | Address `slotq flower` binds. |
+| `SLOTQ_FLOWER_PORT` | TCP port | `5555` | 1 to 65535 | Port `slotq flower` binds. |
+| `SLOTQ_FLOWER_MAX_TASKS` | tasks | `10000` | 1 to 1000000 | Most tasks Flower keeps in memory; the tasks with the oldest events are dropped first. |
 | `SLOTQ_MAX_STEPS` | optimizer steps | `20` | 0 to 1000 | Largest `slot.steps` a request may ask for. |
 | `SLOTQ_MIN_LR` | learning rate | `0.0001` | 1e-08 to 10.0 | Smallest `slot.lr` a request may ask for. |
 | `SLOTQ_MAX_LR` | learning rate | `1.0` | 1e-08 to 10.0, at least `SLOTQ_MIN_LR` | Largest `slot.lr` a request may ask for. |
@@ -45,6 +49,12 @@ that does not parse, or lies outside its allowed range, makes `load_settings` ra
 | `SLOTQ_RATE_LIMIT_PER_MINUTE` | requests per minute | `1200` | 0 to 1000000 | Sustained request rate allowed per API key; 0 turns the rate limit off. |
 | `SLOTQ_RATE_LIMIT_BURST` | requests | `300` | 1 to 100000 | Requests an idle API key may send at once (token bucket size). |
 | `SLOTQ_MAX_QUEUED_JOBS` | jobs | `100000` | 1 to 1000000000 | Most queued jobs across all tenants; submits that would exceed it get 429. |
+| `SLOTQ_LEASE_S` | seconds | `60.0` | 5.0 to 3600.0 | Lease of a running job; its worker renews it every third of this. A job whose lease passed is queued again by the sweeper. |
+| `SLOTQ_MAX_ATTEMPTS` | attempts | `3` | 1 to 100 | Most times a job is started; a job whose worker was lost on its last attempt fails with the reason. |
+| `SLOTQ_SWEEP_INTERVAL_S` | seconds | `10.0` | 0.5 to 3600.0 | Pause between two passes of `slotq sweeper`. |
+| `SLOTQ_ENQUEUE_GRACE_S` | seconds | `30.0` | 1.0 to 3600.0 | How long after a job is queued the sweeper waits before it takes a missing broker send for failed and sends the job itself. |
+| `SLOTQ_SWEEPER_METRICS_PORT` | TCP port | `9809` | 0 to 65535 | Port of the Prometheus metrics of `slotq sweeper`; 0 turns them off. |
+| `SLOTQ_WORKER_METRICS_PORT` | TCP port | `9808` | 0 to 65535 | Port on which `slotq worker` serves its Prometheus metrics, on all interfaces; 0 turns them off. |
 
 A JSON request body can be up to six times longer than its text, because every character may be
 written as a ``\\uXXXX`` escape, so keep ``SLOTQ_MAX_BODY_BYTES`` well above
@@ -99,7 +109,7 @@ class Knob:
 
     field: str
     env: str
-    kind: str  # "str" | "path" | "file" | "url" | "queue" | "int" | "float" | "bool" | "choice"
+    kind: str  # "str" | "path" | "file" | "url" | "queue" | "int" | "float" | "bool" | "choice" | "basic_auth"
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
@@ -114,6 +124,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("device", "SLOTQ_DEVICE", "choice", choices=DEVICES),
     Knob("api_host", "SLOTQ_API_HOST", "str"),
     Knob("api_port", "SLOTQ_API_PORT", "int", 1, 65535),
+    Knob("flower_basic_auth", "SLOTQ_FLOWER_BASIC_AUTH", "basic_auth"),
+    Knob("flower_host", "SLOTQ_FLOWER_HOST", "str"),
+    Knob("flower_port", "SLOTQ_FLOWER_PORT", "int", 1, 65535),
+    Knob("flower_max_tasks", "SLOTQ_FLOWER_MAX_TASKS", "int", 1, 1_000_000),
     Knob("max_steps", "SLOTQ_MAX_STEPS", "int", 0, 1000),
     Knob("min_lr", "SLOTQ_MIN_LR", "float", 1e-8, 10.0),
     Knob("max_lr", "SLOTQ_MAX_LR", "float", 1e-8, 10.0),
@@ -145,6 +159,12 @@ KNOBS: tuple[Knob, ...] = (
     Knob("rate_limit_per_minute", "SLOTQ_RATE_LIMIT_PER_MINUTE", "int", 0, 1_000_000),
     Knob("rate_limit_burst", "SLOTQ_RATE_LIMIT_BURST", "int", 1, 100_000),
     Knob("max_queued_jobs", "SLOTQ_MAX_QUEUED_JOBS", "int", 1, 1_000_000_000),
+    Knob("lease_s", "SLOTQ_LEASE_S", "float", 5.0, 3600.0),
+    Knob("max_attempts", "SLOTQ_MAX_ATTEMPTS", "int", 1, 100),
+    Knob("sweep_interval_s", "SLOTQ_SWEEP_INTERVAL_S", "float", 0.5, 3600.0),
+    Knob("enqueue_grace_s", "SLOTQ_ENQUEUE_GRACE_S", "float", 1.0, 3600.0),
+    Knob("sweeper_metrics_port", "SLOTQ_SWEEPER_METRICS_PORT", "int", 0, 65535),
+    Knob("worker_metrics_port", "SLOTQ_WORKER_METRICS_PORT", "int", 0, 65535),
 )
 
 
@@ -175,6 +195,12 @@ class Settings:
     device: str = "auto"
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # None: `slotq flower` does not start. Left out of repr so that logging the settings never
+    # writes the passwords.
+    flower_basic_auth: str | None = dataclasses.field(default=None, repr=False)
+    flower_host: str = "127.0.0.1"
+    flower_port: int = 5555
+    flower_max_tasks: int = 10_000
     max_steps: int = 20
     min_lr: float = 1e-4
     max_lr: float = 1.0
@@ -210,6 +236,13 @@ class Settings:
     rate_limit_per_minute: int = 1200
     rate_limit_burst: int = 300
     max_queued_jobs: int = 100_000
+    lease_s: float = 60.0
+    max_attempts: int = 3
+    sweep_interval_s: float = 10.0
+    enqueue_grace_s: float = 30.0
+    sweeper_metrics_port: int = 9809
+    # 0: the worker serves no metrics.
+    worker_metrics_port: int = 9808
 
     def __post_init__(self) -> None:
         data_dir = Path(self.data_dir).expanduser()
@@ -301,6 +334,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "float": _parse_float,
     "bool": _parse_bool,
     "choice": str,
+    "basic_auth": str,
 }
 
 
@@ -319,12 +353,14 @@ def _describe_range(knob: Knob) -> str:
         return "1 to 200 letters, digits, '.', '_' or '-'"
     if knob.kind == "file":
         return "the path of an existing, readable file"
+    if knob.kind == "basic_auth":
+        return "user:password, several joined by ',', each with a user name without ':' and a non-empty password"
     return "a non-empty string"
 
 
 def _check_value(knob: Knob, value: Any) -> str | None:
     """Return an error line when ``value`` breaks the knob's type or range, else None."""
-    if value is None and knob.field in ("database_url", "broker_url", "model", "max_prompt_tokens", "api_key"):
+    if value is None and knob.field in ("database_url", "broker_url", "model", "max_prompt_tokens", "api_key", "flower_basic_auth"):
         return None
 
     valid = True
@@ -346,11 +382,39 @@ def _check_value(knob: Knob, value: Any) -> str | None:
         valid = bool(str(value).strip())
     elif knob.kind == "file":
         valid = Path(value).is_file() and os.access(value, os.R_OK)
+    elif knob.kind == "basic_auth":
+        return _check_basic_auth(knob, value)
 
     if valid:
         return None
     shown = str(value) if isinstance(value, Path) else value
     return f"{knob.env}={shown!r} is invalid: must be {_describe_range(knob)}"
+
+
+def basic_auth_credentials(value: str) -> list[str]:
+    """Split ``SLOTQ_FLOWER_BASIC_AUTH`` into ``user:password`` entries, spaces around commas removed.
+
+    Raises:
+        ValueError: an entry is empty, has no ``:``, or has an empty user name or password. The
+            message names the entry by position and never contains the password.
+    """
+    credentials = [entry.strip() for entry in value.split(",")]
+    for position, entry in enumerate(credentials, start=1):
+        user, separator, password = entry.partition(":")
+        if not separator or not user.strip() or not password:
+            raise ValueError(f"entry {position} is not user:password with a non-empty user name and password")
+    return credentials
+
+
+def _check_basic_auth(knob: Knob, value: Any) -> str | None:
+    # The value contains passwords, so the message names the invalid entry by position only.
+    if not isinstance(value, str):
+        return f"{knob.env} is invalid: must be a string of {_describe_range(knob)}"
+    try:
+        basic_auth_credentials(value)
+    except ValueError as error:
+        return f"{knob.env} is invalid: {error} (value not shown); must be {_describe_range(knob)}"
+    return None
 
 
 def _is_database_url(value: str) -> bool:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 
@@ -39,6 +41,23 @@ def clean_slotq_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("SLOTQ_") and not name.startswith("SLOTQ_TEST_"):
             monkeypatch.delenv(name)
+
+
+class ClosingClient(FlaskClient):
+    """Test client that reads every response to its end and closes it, as a WSGI server does.
+
+    The API sends a batch's messages from a ``call_on_close`` callback, which the default test
+    client never runs.
+    """
+
+    def open(self, *args, buffered: bool = True, **kwargs):
+        return super().open(*args, buffered=buffered, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def closing_test_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``app.test_client()`` of every Flask app a `ClosingClient`."""
+    monkeypatch.setattr(Flask, "test_client_class", ClosingClient)
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,9 @@ def configure(app: Celery, settings: Settings, process: ProcessSettings) -> None
         broker_url=settings.broker_url,
         broker_transport_options=broker_transport_options(settings, process),
         broker_connection_retry_on_startup=True,
+        # Keep reconnecting through a broker outage of any length (Celery stops after 100 tries
+        # by default); queued jobs wait in the job store meanwhile.
+        broker_connection_max_retries=None,
         # JSON only: a pickled message from the broker could run arbitrary code.
         accept_content=["json"],
         task_serializer="json",

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from slotq.logging import configure_logging
+from slotq.metrics import multiprocess_enabled, prepare_multiprocess_dir
 from slotq.settings import load_settings
 from worker.settings import load_process_settings
 
@@ -47,7 +50,11 @@ def run_worker(concurrency: int | None = None, pool: str | None = None, hostname
         raise SettingsError(f"invalid --concurrency={concurrency}: must be an integer between 1 and 64")
 
     argv = worker_argv(concurrency, pool, hostname)
-    _create_sqlite_broker_folder(load_settings().broker_url)
+    settings = load_settings()
+    # Celery replaces these handlers when it starts; until then they show the lines logged here.
+    configure_logging(settings.log_level)
+    _create_sqlite_broker_folder(settings.broker_url)
+    stop_metrics = _serve_metrics(settings.worker_metrics_port)
     from worker.celery_app import app
 
     logger.info("starting Celery worker: %s", " ".join(argv))
@@ -55,7 +62,37 @@ def run_worker(concurrency: int | None = None, pool: str | None = None, hostname
         app.worker_main(argv)
     except SystemExit as exit_request:
         return int(exit_request.code or 0)
+    finally:
+        stop_metrics()
     return 0
+
+
+def _serve_metrics(port: int) -> Callable[[], None]:
+    """Serve this worker's Prometheus metrics on ``port`` (0: none); return the function that stops it.
+
+    Must run before anything in this process imports prometheus_client, which picks its
+    multiprocess mode on its first import; the pool processes inherit that mode.
+    """
+    if port == 0:
+        return lambda: None
+
+    metrics_dir = prepare_multiprocess_dir("worker")
+    if not multiprocess_enabled():
+        logger.error(
+            "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set; the metrics of "
+            "pool processes will be missing from port %d", port,
+        )
+    from worker.metrics import start_metrics_server
+
+    server = start_metrics_server(port, metrics_dir.path)
+
+    def stop() -> None:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        metrics_dir.remove()
+
+    return stop
 
 
 def _create_sqlite_broker_folder(broker_url: str) -> None:

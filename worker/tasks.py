@@ -3,7 +3,10 @@ decoding, store each outcome.
 
 The job store decides which delivery may run a job: `claim_job` moves it from queued to running
 with a conditional update, so a duplicate delivery of a running, finished or cancelled job finds
-nothing to claim and returns. No database session is open while the model works.
+nothing to claim and returns. Each claim holds a lease that `worker.lease.LeaseKeeper` renews
+while the model works; outcomes are written under the claim's attempt number, so a worker whose
+job the sweeper queued again cannot overwrite the next attempt. No database session is open
+while the model works.
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
+from sqlalchemy.exc import DBAPIError
 
 from slotq.logging import redact_text, with_ids
 from slotq.requests import JobRequest, RequestValidationError, parse_job_request
 from slotq.settings import Settings, load_settings
 from slotq.store import repository
-from worker import runtime
+from slotq.store.leases import Claim
+from worker import metrics, runtime
 from worker.celery_app import RUN_JOB_TASK, app
 from worker import execution
 from worker.execution import JobOutcome, WorkItem, execute_many, result_fields
+from worker.lease import LeaseKeeper
 
 __all__ = ["run_job", "result_fields", "load_model_after_fork"]
 
@@ -57,7 +63,11 @@ def run_job(job_id: str) -> None:
     log = with_ids(logger, job_id=job_id)
     log.info("received")
 
-    record = repository.claim_job(job_id, runtime.worker_name())
+    try:
+        record = repository.claim_job(job_id, runtime.worker_name(), settings.lease_s)
+    except DBAPIError as error:
+        log.error("not claimed: database error: %s; the sweeper sends the job again", _first_line(error))
+        return
     if record is None:
         log.info("not claimed: the job is not queued (duplicate delivery, cancelled or unknown)")
         return
@@ -73,19 +83,20 @@ def _claim_company(record: Any, settings: Settings) -> list[Any]:
 
     Waits at most ``settings.worker_batch_wait_ms`` for jobs submitted just after this one, so a
     lone job is held back no longer than that. Each companion job's own queue message later finds
-    it claimed and does nothing.
+    it claimed and does nothing. If this process dies, the companions' leases pass and the
+    sweeper queues them again, like the job of this task.
     """
-    # NOTE: if this process dies mid-batch, only this task's message is redelivered. The
-    # companions stay "running" because no lease sweeper exists yet to re-queue them.
     wanted = settings.worker_batch_size - 1
     if wanted <= 0:
         return []
 
     worker = runtime.worker_name()
-    company = repository.claim_queued_jobs(worker, wanted, model_name=record.model_name)
+    company = repository.claim_queued_jobs(worker, wanted, model_name=record.model_name, lease_s=settings.lease_s)
     if len(company) < wanted and settings.worker_batch_wait_ms > 0:
         time.sleep(settings.worker_batch_wait_ms / 1000)
-        company += repository.claim_queued_jobs(worker, wanted - len(company), model_name=record.model_name)
+        company += repository.claim_queued_jobs(
+            worker, wanted - len(company), model_name=record.model_name, lease_s=settings.lease_s
+        )
     if company:
         with_ids(logger, job_id=record.id).info(
             "running with %d more queued jobs as one batch: %s", len(company), ", ".join(r.id for r in company)
@@ -97,20 +108,31 @@ def _accept(record: Any, settings: Settings) -> tuple[Any, JobRequest, Any] | No
     """Re-check a claimed job's stored request; fail the job when it is invalid."""
     log = with_ids(logger, job_id=record.id, batch_id=record.batch_id)
     log.info("started attempt %d", record.attempts)
+    metrics.record_claim(record)
     try:
         request = parse_job_request(record.request, settings)
     except RequestValidationError as error:
         log.warning("failed: stored request is invalid: %s", error)
-        repository.fail_job(record.id, str(error))
+        metrics.record_outcome(JobOutcome(fields=None, error=str(error)))
+        repository.fail_job(record.id, str(error), attempt=record.attempts)
         return None
     return record, request, log
 
 
 def _run_claimed_jobs(claimed: list[tuple[Any, JobRequest, Any]], settings: Settings) -> None:
     """Run the claimed jobs and store one outcome each; an error of the batch fails every job."""
-    outcomes = _execute(claimed, settings)
+    claims = [Claim(record.id, record.attempts) for record, _, _ in claimed]
+    with LeaseKeeper(claims, runtime.worker_name(), settings.lease_s):
+        outcomes = _execute(claimed, settings)
+    metrics.record_batch(len(claimed))
     for (record, _, log), outcome in zip(claimed, outcomes):
-        _store(record.id, outcome, settings, log)
+        try:
+            _store(record, outcome, settings, log)
+        except DBAPIError as error:
+            log.error(
+                "outcome not stored: database error: %s; the job runs again once its lease passes",
+                _first_line(error),
+            )
 
 
 def _execute(claimed: list[tuple[Any, JobRequest, Any]], settings: Settings) -> list[JobOutcome]:
@@ -141,16 +163,17 @@ def _execute(claimed: list[tuple[Any, JobRequest, Any]], settings: Settings) -> 
     return [JobOutcome(fields=None, error=error)] * len(claimed)
 
 
-def _store(job_id: str, outcome: JobOutcome, settings: Settings, log) -> None:
+def _store(record: Any, outcome: JobOutcome, settings: Settings, log) -> None:
+    metrics.record_outcome(outcome)
     if outcome.error is not None:
         log.warning("failed: %s", outcome.error)
-        if not repository.fail_job(job_id, outcome.error, guard=outcome.guard):
-            log.warning("failure not stored: the job left the running state while it ran")
+        if not repository.fail_job(record.id, outcome.error, guard=outcome.guard, attempt=record.attempts):
+            log.warning("failure not stored: the job left the running state or was queued again while it ran")
         return
 
     fields = outcome.fields
-    if not repository.complete_job(job_id, fields, guard=outcome.guard):
-        log.warning("result not stored: the job left the running state while it ran")
+    if not repository.complete_job(record.id, fields, guard=outcome.guard, attempt=record.attempts):
+        log.warning("result not stored: the job left the running state or was queued again while it ran")
         return
 
     overfit = outcome.guard["overfit"] if outcome.guard else None
@@ -170,6 +193,10 @@ def _store(job_id: str, outcome: JobOutcome, settings: Settings, log) -> None:
         fields["timings_ms"]["total"],
         redact_text(fields["text"], settings.log_prompts),
     )
+
+
+def _first_line(error: DBAPIError) -> str:
+    return str(error.orig or error).splitlines()[0]
 
 
 def _prompt_text(request: JobRequest) -> str:

@@ -13,6 +13,7 @@ from slotq.store.batches import (
 from slotq.store.cursor import InvalidCursorError
 from slotq.store.engine import make_engine
 from slotq.store.idempotency import IdempotencyClaim, IdempotencyKeyExistsError, QueueFullError, StoredResponse
+from slotq.store.leases import Claim, ExpiredLeases
 from slotq.store.models import (
     BATCH_STATUSES,
     FINISHED_BATCH_STATUSES,
@@ -54,6 +55,8 @@ __all__ = [
     "Base",
     "CancelOutcome",
     "CancelResult",
+    "Claim",
+    "ExpiredLeases",
     "InvalidCursorError",
     "Job",
     "JobRecord",

@@ -121,6 +121,10 @@ class Job(Base):
         Index("ix_jobs_tenant_id_status_created_at_id", "tenant_id", "status", "created_at", "id"),
         # Old finished jobs whose texts have not been purged yet.
         Index("ix_jobs_finished_at", "finished_at"),
+        # The sweeper's scans: running jobs whose lease expired, queued jobs never sent or sent
+        # longest ago.
+        Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+        Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -179,8 +183,15 @@ class Job(Base):
     delta_step: Mapped[int | None] = mapped_column(Integer)
 
     worker: Mapped[str | None] = mapped_column(String(255))
+    # Claims so far; the worker of attempt N writes its outcome only while attempts is still N.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # While running: the worker renews this lease; once it passes, the sweeper takes the worker
+    # for lost and queues the job again (or fails it after its last attempt).
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # While queued: when a task message for the job was last sent to the broker; null when no
+    # send has succeeded since the job was (re)queued, so the sweeper sends one.
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     # Set for jobs submitted in a batch: line_number is the 1-based line (or array position)
     # of the request in the upload, so ordering by it gives the input order.

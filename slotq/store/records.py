@@ -54,6 +54,8 @@ class JobRecord:
     worker: str | None
     attempts: int
     error: str | None
+    lease_expires_at: datetime | None
+    enqueued_at: datetime | None
     batch_id: str | None
     custom_id: str | None
     line_number: int | None

@@ -20,7 +20,7 @@ import math
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, text, update
@@ -35,6 +35,7 @@ from slotq.store.cursor import decode_cursor, encode_cursor
 from slotq.store.delta import encode_delta
 from slotq.store.engine import make_engine, make_session_factory
 from slotq.store.idempotency import IdempotencyClaim, IdempotencyStoreMixin, check_queue_depth
+from slotq.store.leases import LeaseStoreMixin
 from slotq.store.models import STATUSES, Job, JobStatus, utcnow
 from slotq.store.purge import PurgeStoreMixin
 from slotq.store.records import CancelOutcome, CancelResult, JobRecord
@@ -44,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 #: Maximum length of the error text stored on a failed job, in characters; longer text is cut.
 MAX_ERROR_CHARS = 10_000
+
+#: Lease of a claim when the caller gives none, in seconds (the default of ``SLOTQ_LEASE_S``).
+DEFAULT_LEASE_S = 60.0
 
 #: Keys that `complete_job` accepts in its result mapping.
 RESULT_KEYS = (
@@ -87,7 +91,7 @@ GUARD_KEYS = (
 )
 
 
-class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, PurgeStoreMixin):
+class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, PurgeStoreMixin, LeaseStoreMixin):
     """Job store operations on one engine.
 
     Args:
@@ -161,10 +165,12 @@ class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, Pu
         with_ids(logger, job_id=job.id, tenant_id=tenant_id).info("job stored as queued")
         return JobRecord.from_row(job)
 
-    def claim_job(self, job_id: str, worker: str) -> JobRecord | None:
+    def claim_job(self, job_id: str, worker: str, lease_s: float = DEFAULT_LEASE_S) -> JobRecord | None:
         """Move a queued job to running for ``worker`` and count the attempt.
 
-        Records ``timings_ms.queue_wait``: milliseconds from queued_at to this claim.
+        The claim holds a lease of ``lease_s`` seconds, which the worker renews while it runs
+        the job (`renew_leases`). Records ``timings_ms.queue_wait``: milliseconds from
+        queued_at to this claim.
         Returns None, changing nothing, when the job is missing or not queued (a duplicate
         delivery, a cancelled job, or a job another worker claimed first).
         """
@@ -187,6 +193,7 @@ class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, Pu
                 started_at=now,
                 worker=worker,
                 attempts=Job.attempts + 1,
+                lease_expires_at=now + timedelta(seconds=lease_s),
                 timings_ms={"queue_wait": round(queue_wait_ms, 3)},
             )
             if not claimed:
@@ -197,7 +204,9 @@ class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, Pu
         log.info("job claimed by worker %s, attempt %d", worker, record.attempts)
         return record
 
-    def claim_queued_jobs(self, worker: str, limit: int, model_name: str | None = None) -> list[JobRecord]:
+    def claim_queued_jobs(
+        self, worker: str, limit: int, model_name: str | None = None, lease_s: float = DEFAULT_LEASE_S
+    ) -> list[JobRecord]:
         """Claim up to ``limit`` of the oldest queued jobs, for a worker that runs them as a batch.
 
         Each claim is the same conditional update as `claim_job`, so a job that another worker
@@ -209,14 +218,16 @@ class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, Pu
         query = select(Job.id).where(Job.status == JobStatus.QUEUED.value)
         if model_name is not None:
             query = query.where(Job.model_name == model_name)
-        # Twice the limit leaves room for candidates that other workers claim first.
-        query = query.order_by(Job.queued_at, Job.id).limit(2 * limit)
+        # Jobs of one batch share queued_at, so line_number keeps them in input order, which
+        # lets a results download move on sooner. Twice the limit leaves room for candidates
+        # that other workers claim first.
+        query = query.order_by(Job.queued_at, Job.line_number, Job.id).limit(2 * limit)
         with self._sessions.begin() as session:
             candidates = list(session.scalars(query))
 
         claimed = []
         for job_id in candidates:
-            record = self.claim_job(job_id, worker)
+            record = self.claim_job(job_id, worker, lease_s)
             if record is not None:
                 claimed.append(record)
             if len(claimed) == limit:
@@ -224,7 +235,11 @@ class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, Pu
         return claimed
 
     def complete_job(
-        self, job_id: str, result: Mapping[str, Any], guard: Mapping[str, Any] | None = None
+        self,
+        job_id: str,
+        result: Mapping[str, Any],
+        guard: Mapping[str, Any] | None = None,
+        attempt: int | None = None,
     ) -> bool:
         """Store the result of a running job and mark it succeeded.
 
@@ -236,10 +251,14 @@ class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, Pu
                 not, a note naming the step and the kept delta is stored.
             guard: the over-fitting check, any of `GUARD_KEYS`; None leaves those columns as
                 they are. Non-finite losses are stored as null.
+            attempt: the attempt number of the caller's claim; given, the result is stored only
+                while the job runs that attempt, so a worker whose job was queued again after
+                its lease passed cannot write over the next attempt.
 
         Returns:
-            True when this call stored the result; False when the job was not running, in which
-            case nothing is written (a second completion never overwrites the first).
+            True when this call stored the result; False when the job was not running (or ran
+            another attempt), in which case nothing is written (a second completion never
+            overwrites the first).
 
         Raises:
             ValueError: ``result`` has a key outside `RESULT_KEYS`, or ``guard`` one outside
@@ -258,8 +277,10 @@ class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, Pu
                 session,
                 job_id,
                 expected=(JobStatus.RUNNING.value,),
+                attempt=attempt,
                 status=JobStatus.SUCCEEDED.value,
                 finished_at=self._clock(),
+                lease_expires_at=None,
                 timings_ms=timings,
                 **values,
             )
@@ -270,12 +291,15 @@ class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, Pu
             log.warning("result not stored: job is missing or not running")
         return completed
 
-    def fail_job(self, job_id: str, error: str, guard: Mapping[str, Any] | None = None) -> bool:
+    def fail_job(
+        self, job_id: str, error: str, guard: Mapping[str, Any] | None = None, attempt: int | None = None
+    ) -> bool:
         """Mark a queued or running job failed with ``error``; False when it was neither.
 
         Args:
             guard: the over-fitting check of a job that the reject policy failed, any of
                 `GUARD_KEYS`, stored like `complete_job` stores it.
+            attempt: as for `complete_job`: given, only a job running that attempt is failed.
 
         Raises:
             ValueError: ``guard`` has a key outside `GUARD_KEYS`.
@@ -290,8 +314,10 @@ class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, Pu
                 session,
                 job_id,
                 expected=(JobStatus.QUEUED.value, JobStatus.RUNNING.value),
+                attempt=attempt,
                 status=JobStatus.FAILED.value,
                 finished_at=self._clock(),
+                lease_expires_at=None,
                 error=error,
                 **guard_values,
             )
@@ -390,11 +416,17 @@ class JobRepository(BatchStoreMixin, TenantStoreMixin, IdempotencyStoreMixin, Pu
         return jobs[:limit], encode_cursor(last.created_at, last.id)
 
     @staticmethod
-    def _change_status(session, job_id: str, expected: tuple[str, ...], **values: Any) -> bool:
-        """Apply ``values`` only if the job's status is in ``expected``; True when it matched."""
+    def _change_status(
+        session, job_id: str, expected: tuple[str, ...], attempt: int | None = None, **values: Any
+    ) -> bool:
+        """Apply ``values`` only if the job's status is in ``expected`` (and its attempt number is
+        ``attempt``, when given); True when it matched."""
+        conditions = [Job.id == job_id, Job.status.in_(expected)]
+        if attempt is not None:
+            conditions.append(Job.attempts == attempt)
         statement = (
             update(Job)
-            .where(Job.id == job_id, Job.status.in_(expected))
+            .where(*conditions)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
@@ -491,24 +523,30 @@ def create_job(request: JobRequest, model_name: str) -> JobRecord:
     return default_repository().create_job(request, model_name)
 
 
-def claim_job(job_id: str, worker: str) -> JobRecord | None:
+def claim_job(job_id: str, worker: str, lease_s: float = DEFAULT_LEASE_S) -> JobRecord | None:
     """`JobRepository.claim_job` on the default repository."""
-    return default_repository().claim_job(job_id, worker)
+    return default_repository().claim_job(job_id, worker, lease_s)
 
 
-def claim_queued_jobs(worker: str, limit: int, model_name: str | None = None) -> list[JobRecord]:
+def claim_queued_jobs(
+    worker: str, limit: int, model_name: str | None = None, lease_s: float = DEFAULT_LEASE_S
+) -> list[JobRecord]:
     """`JobRepository.claim_queued_jobs` on the default repository."""
-    return default_repository().claim_queued_jobs(worker, limit, model_name)
+    return default_repository().claim_queued_jobs(worker, limit, model_name, lease_s)
 
 
-def complete_job(job_id: str, result: Mapping[str, Any], guard: Mapping[str, Any] | None = None) -> bool:
+def complete_job(
+    job_id: str, result: Mapping[str, Any], guard: Mapping[str, Any] | None = None, attempt: int | None = None
+) -> bool:
     """`JobRepository.complete_job` on the default repository."""
-    return default_repository().complete_job(job_id, result, guard)
+    return default_repository().complete_job(job_id, result, guard, attempt)
 
 
-def fail_job(job_id: str, error: str, guard: Mapping[str, Any] | None = None) -> bool:
+def fail_job(
+    job_id: str, error: str, guard: Mapping[str, Any] | None = None, attempt: int | None = None
+) -> bool:
     """`JobRepository.fail_job` on the default repository."""
-    return default_repository().fail_job(job_id, error, guard)
+    return default_repository().fail_job(job_id, error, guard, attempt)
 
 
 def cancel_job(job_id: str, tenant_id: str | None = None) -> CancelOutcome:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,10 @@ def test_submit_with_japanese_file_name(server_url: str, tmp_path: Path, enqueue
     accepted = submit_batch(server_url, path, progress=False)
 
     assert accepted["line_count"] == 3
+    # The server sends the messages after the response is written.
+    deadline = time.monotonic() + 10
+    while len(enqueue.job_ids) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(enqueue.job_ids) == 3
     assert batch_status(server_url, accepted["id"])["input_file_name"] == "夜間の注文.jsonl"
 

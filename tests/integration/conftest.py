@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,14 +18,10 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
-from integration_support import PROJECT_ROOT
+from integration_support import convert_bundled_model
 from postgres_support import private_database
 
 REDIS_URL = os.environ.get("SLOTQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-#: Converted bundled model, shared by every test run of this checkout so conversion happens once.
-MODEL_CACHE_DIR = Path(
-    os.environ.get("SLOTQ_TEST_CACHE_DIR", PROJECT_ROOT / ".cache" / "slot-queue-tests")
-)
 
 #: Redis keys that kombu and Celery share between all queues of one database.
 SHARED_KOMBU_KEYS = {
@@ -39,28 +33,12 @@ SHARED_KOMBU_KEYS = {
     "unacked_index",
     "unacked_mutex",
 }
-#: Seconds the one-time GGUF to safetensors conversion may take (about 15 s on two idle cores).
-CONVERSION_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="session")
 def model_cache_dir() -> Path:
-    """Folder with the converted bundled model, kept between test runs.
-
-    The conversion runs here once, with its own time limit, so that the time limits of the
-    tests measure the service and not a first-time conversion.
-    """
-    MODEL_CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    convert = subprocess.run(
-        [sys.executable, "-c", "from slot_core import load_model; load_model(device=\"cpu\")"],
-        env={**os.environ, "SLOTQ_CACHE_DIR": str(MODEL_CACHE_DIR)},
-        capture_output=True,
-        text=True,
-        timeout=CONVERSION_TIMEOUT_S,
-    )
-    if convert.returncode != 0:
-        pytest.fail(f"converting the bundled model into {MODEL_CACHE_DIR} failed:\n{convert.stderr[-3000:]}")
-    return MODEL_CACHE_DIR
+    """Folder with the converted bundled model, kept between test runs."""
+    return convert_bundled_model()
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,32 @@ FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 TIMING_KEYS = {"queue_wait", "prefill", "optimize", "decode", "total"}
 
 
+#: Converted bundled model, kept between runs and shared with the worker unit tests, so a
+#: checkout converts it once.
+MODEL_CACHE_DIR = Path(os.environ.get("SLOTQ_TEST_CACHE_DIR", PROJECT_ROOT / ".cache" / "slot-queue-tests"))
+#: Seconds the one-time GGUF to safetensors conversion may take (about 15 s on two idle cores).
+CONVERSION_TIMEOUT_S = 600
+
+
+def convert_bundled_model() -> Path:
+    """Convert the bundled model into `MODEL_CACHE_DIR` unless done already; return the folder.
+
+    Fixtures call this once per session, so the time limits of the tests measure the service
+    and not a first-time conversion. Fails the test when the conversion fails.
+    """
+    MODEL_CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    convert = subprocess.run(
+        [sys.executable, "-c", "from slot_core import load_model; load_model(device=\"cpu\")"],
+        env={**os.environ, "SLOTQ_CACHE_DIR": str(MODEL_CACHE_DIR)},
+        capture_output=True,
+        text=True,
+        timeout=CONVERSION_TIMEOUT_S,
+    )
+    if convert.returncode != 0:
+        pytest.fail(f"converting the bundled model into {MODEL_CACHE_DIR} failed:\n{convert.stderr[-3000:]}")
+    return MODEL_CACHE_DIR
+
+
 @dataclass
 class Started:
     """A process started by a test, in its own process group, with its log file."""
@@ -65,6 +91,30 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("SLOTQ_")}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
+    return env
+
+
+def service_environment(
+    database_url: str, broker: Mapping[str, str], cache_dir: Path, log_dir: Path, **extra: str
+) -> dict[str, str]:
+    """Return the environment of a module's slot-queue processes, after migrating its database.
+
+    ``broker`` is the ``integration_broker`` fixture's URL and queue; ``extra`` adds or replaces
+    ``SLOTQ_*`` variables.
+    """
+    env = child_environment({
+        "SLOTQ_DATABASE_URL": database_url,
+        "SLOTQ_BROKER_URL": broker["url"],
+        "SLOTQ_QUEUE": broker["queue"],
+        "SLOTQ_DATA_DIR": str(log_dir / "data"),
+        "SLOTQ_CACHE_DIR": str(cache_dir),
+        "SLOTQ_API_HOST": "127.0.0.1",
+        "SLOTQ_API_WORKERS": "1",
+        "SLOTQ_LOG_LEVEL": "INFO",
+        **extra,
+    })
+    upgrade = run_slotq(["db", "upgrade"], env)
+    assert upgrade.returncode == 0, upgrade.stderr
     return env
 
 

@@ -7,19 +7,19 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from integration_support import (
     Started,
     assert_succeeded_job,
     auth,
-    child_environment,
     create_api_key,
     descendants,
     free_port,
     job_row,
     kill_leftovers,
-    run_slotq,
+    service_environment,
     start_slotq,
     stop,
     submit,
@@ -45,19 +45,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def service_env(integration_database_url: str, integration_broker: dict, model_cache_dir: Path, log_dir: Path) -> dict[str, str]:
     """Environment of every process of this module, migrated database included."""
-    env = child_environment({
-        "SLOTQ_DATABASE_URL": integration_database_url,
-        "SLOTQ_BROKER_URL": integration_broker["url"],
-        "SLOTQ_QUEUE": integration_broker["queue"],
-        "SLOTQ_DATA_DIR": str(log_dir / "data"),
-        "SLOTQ_CACHE_DIR": str(model_cache_dir),
-        "SLOTQ_API_HOST": "127.0.0.1",
-        "SLOTQ_API_WORKERS": "1",
-        "SLOTQ_LOG_LEVEL": "INFO",
-    })
-    upgrade = run_slotq(["db", "upgrade"], env)
-    assert upgrade.returncode == 0, upgrade.stderr
-    return env
+    return service_environment(integration_database_url, integration_broker, model_cache_dir, log_dir)
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +152,20 @@ def test_english_and_japanese_jobs_succeed(api: tuple[str, Started], worker: Sta
     assert japanese["request"]["metadata"] == {"顧客": "テスト"}
     assert "富士山の高さ" in japanese_row["request_text"]
     assert "\\u" not in japanese_row["request_text"]
+
+
+def test_prefork_parent_never_loads_the_model(api: tuple[str, Started], worker: Started, api_key: str) -> None:
+    # CUDA state does not survive a fork, so the parent of the pool must never load the model;
+    # on this CPU machine that shows as the parent lacking the pool child's copy of the weights.
+    base_url, api_process = api
+    job_id = submit(base_url, {"prompt": ENGLISH_PROMPT, "generation": {"max_new_tokens": 2}}, api_key)
+    wait_final(base_url, job_id, api_key, [api_process, worker])
+    parent = psutil.Process(worker.process.pid)
+    children = parent.children()
+
+    weights_bytes = 4 * 134_000_000  # float32 weights of the bundled 135M-parameter model, rounded down
+    assert len(children) == 1
+    assert children[0].memory_info().rss - parent.memory_info().rss > weights_bytes // 2
 
 
 def test_finished_jobs_listed_per_tenant(api: tuple[str, Started], worker: Started, api_key: str,

@@ -17,7 +17,7 @@ from sqlalchemy import update
 from slot_core import PromptTooLongError
 from slotq.requests import parse_job_request
 from slotq.settings import Settings
-from slotq.store import Job, JobRepository
+from slotq.store import Job, JobRepository, make_engine, repository
 from slotq.store.delta import decode_delta
 from worker import runtime, tasks
 from worker.tasks import run_job
@@ -297,3 +297,13 @@ def test_single_job_has_no_format_check(store, worker_model, tmp_path) -> None:
     job = store.get_job(job_id)
     assert job.status == "succeeded", job.error
     assert job.format_ok is None
+
+
+def test_database_outage_at_claim_is_logged_not_raised(closed_port: int, monkeypatch, caplog) -> None:
+    unreachable = JobRepository(make_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{closed_port}/slotq"))
+    monkeypatch.setattr(repository, "_default_repository", unreachable)
+
+    run_job("00000000-0000-0000-0000-000000000001")
+
+    assert "not claimed: database error" in caplog.text
+    assert "the sweeper sends the job again" in caplog.text

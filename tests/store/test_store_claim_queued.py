@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from slotq.requests import parse_job_request
 from slotq.settings import Settings
-from slotq.store import JobRepository
+from slotq.store import BatchLine, BatchSpec, JobRepository
 
 SETTINGS = Settings(data_dir="/nonexistent/slotq-tests")
 
@@ -58,3 +58,18 @@ def test_zero_limit_claims_nothing(repository: JobRepository) -> None:
     ids = submit(repository, 1)
     assert repository.claim_queued_jobs("worker-1", limit=0) == []
     assert repository.get_job(ids[0]).status == "queued"
+
+
+def test_claims_batch_jobs_in_line_order(repository: JobRepository) -> None:
+    # Lines are numbered out of insertion order, and every job of a batch has the same queued_at.
+    numbers = [7, 2, 9, 4, 1]
+    lines = [
+        BatchLine(number, f"注文-{number}", parse_job_request({"prompt": f"メール {number}"}, SETTINGS))
+        for number in numbers
+    ]
+    _, job_ids = repository.create_batch(BatchSpec(), lines, "model-a")
+    line_of = dict(zip(job_ids, numbers))
+
+    claimed = repository.claim_queued_jobs("worker-1", limit=3, model_name="model-a")
+
+    assert [line_of[record.id] for record in claimed] == [1, 2, 4]

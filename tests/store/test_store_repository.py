@@ -5,42 +5,19 @@ from __future__ import annotations
 import math
 import os
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from slotq.requests import parse_job_request
-from slotq.settings import Settings
 from slotq.store import CancelResult, InvalidCursorError, JobRepository, JobStatus
 from slotq.store import repository as repository_module
 from slotq.store.delta import decode_delta, encode_delta
+from store_support import SETTINGS, make_request, with_clock
 
-SETTINGS = Settings(data_dir="/nonexistent/slotq-tests")
 JAPANESE = "富士山の高さは何メートルですか？「約3776m」と答えて。"
-
-
-class FakeClock:
-    """Clock that returns a fixed UTC time, changed only by `advance`."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
-def make_request(prompt: str = "Hello", **extra: object):
-    return parse_job_request({"prompt": prompt, **extra}, SETTINGS)
-
-
-def with_clock(repository: JobRepository) -> tuple[JobRepository, FakeClock]:
-    clock = FakeClock()
-    return JobRepository(repository.engine, clock=clock), clock
 
 
 def sample_result() -> dict:
