@@ -4,8 +4,9 @@ The script creates a private Postgres database, migrates it, starts the Flask ap
 Celery enqueue on Redis (a private queue name, so no worker consumes the messages) behind
 Werkzeug's threaded server, and uploads a generated JSONL batch with ``requests``. The time is
 measured on the client, from the first byte sent to the 202 response, so it covers parsing,
-validation, the bulk insert and sending every job to Redis. Afterwards it checks that the
-database holds one job per line and Redis one message per line, then drops both.
+validation and the bulk insert. The server sends the jobs to Redis after writing the response;
+the script also reports when the last message arrived there ("all sent"). Afterwards it checks
+that the database holds one job per line and Redis one message per line, then drops both.
 
 Usage:
     .venv/bin/python bench/batch_submit.py [--lines 10000] [--repeat 3]
@@ -109,6 +110,7 @@ def _run(args: argparse.Namespace, url: str, queue: str, broker: redis.Redis) ->
     durations = []
     try:
         for attempt in range(1, args.repeat + 1):
+            messages_before = broker.llen(queue)
             started = time.perf_counter()
             response = requests.post(
                 f"{base}/v1/batches",
@@ -121,7 +123,8 @@ def _run(args: argparse.Namespace, url: str, queue: str, broker: redis.Redis) ->
                 print(f"upload {attempt} failed: {response.status_code} {response.text[:500]}", file=sys.stderr)
                 return 1
             durations.append(elapsed)
-            print(f"upload {attempt}: {elapsed:.2f} s, {args.lines / elapsed:,.0f} lines/s")
+            all_sent = _wait_for_messages(broker, queue, messages_before + args.lines) - started
+            print(f"upload {attempt}: accepted in {elapsed:.2f} s ({args.lines / elapsed:,.0f} lines/s), all sent after {all_sent:.2f} s")
     finally:
         server.shutdown()
 
@@ -134,6 +137,14 @@ def _run(args: argparse.Namespace, url: str, queue: str, broker: redis.Redis) ->
     median = statistics.median(durations)
     print(f"median: {median:.2f} s, {args.lines / median:,.0f} lines/s")
     return 0 if stored == expected == queued_messages else 1
+
+
+def _wait_for_messages(broker: redis.Redis, queue: str, expected: int, timeout_s: float = 120.0) -> float:
+    """Poll the Redis queue until it holds ``expected`` messages; return the perf_counter time."""
+    deadline = time.perf_counter() + timeout_s
+    while broker.llen(queue) < expected and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    return time.perf_counter()
 
 
 if __name__ == "__main__":

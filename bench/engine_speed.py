@@ -4,8 +4,9 @@ Runs on the bundled model with one ~300-token prompt and 64 new tokens (greedy).
 - plain: `model.generate`, no SLOT.
 - engine T=N: `slot_core.generate` with N AdamW steps.
 - reference T=5: written the way the SLOT authors' code works: autograd through the head at every
-  step, one prompt at a time, then the prompt runs again through `model.generate` with delta added
-  by a forward hook on the head.
+  step with ``loss.backward()`` (so the head weight's gradient is computed too, as in their code,
+  where the loaded parameters require gradients), one prompt at a time, then the prompt runs
+  again through `model.generate` with delta added by a forward hook on the head.
 
 Repeats are interleaved (every arm once per round) so that machine noise hits all arms alike; the
 report gives medians, ratios to plain `generate`, optimisation ms per step and the peak resident
@@ -108,10 +109,13 @@ def run_reference(model, tokenizer, prompt, steps):
         optimizer.zero_grad()
         logits = head(hidden + delta)  # [1, seq, vocab]
         loss = torch.nn.functional.cross_entropy(logits[0, :-1], input_ids[0, 1:])
-        # Only delta needs a gradient; the head's weight is frozen by passing it through autograd.grad.
-        (delta.grad,) = torch.autograd.grad(loss, delta)
+        # As in the authors' code: a plain backward() on a model loaded by from_pretrained, whose
+        # parameters require gradients, so every step also computes the head weight's gradient.
+        loss.backward()
         optimizer.step()
     optimize_ms = (time.perf_counter() - started) * 1000
+    # The other arms must see the model as loaded: drop the gradients the steps accumulated.
+    model.zero_grad(set_to_none=True)
 
     frozen = delta.detach()
     handle = head.register_forward_pre_hook(lambda module, args: (args[0] + frozen,))
