@@ -15,6 +15,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -111,8 +112,8 @@ class Stack:
         """Stop the API, the sweeper, then the worker: SIGTERM, then SIGKILL of the group after
         ``grace_s``.
 
-        A job that the worker is still running when it is killed stays running in the store;
-        on the next start the sweeper finds its lease passed and queues it again.
+        A job that the worker is still running when it is killed stays running in the store.
+        On the next start the sweeper finds its lease passed and queues it again.
         """
         for name in ("api", "sweeper", "worker"):
             process = self.processes.get(name)
@@ -149,6 +150,7 @@ def serve(host: str | None = None, port: int | None = None, data_dir: str | None
     stop_requested = _install_stop_handlers()
     stack = Stack(env)
     try:
+        _check_port_free(settings.api_host, settings.api_port)
         stack.migrate()
         stack.start()
         stack.wait_ready()
@@ -200,6 +202,25 @@ def _install_stop_handlers() -> list[str]:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     return requested
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raise `StackError` when another process listens on ``host:port``.
+
+    Without this check, the readiness probe would get its response from that other server and
+    report the stack ready while its own API fails to bind.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # gunicorn binds with SO_REUSEADDR too, so a port in TIME_WAIT counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise StackError(
+                f"cannot serve on {host}:{port}: {error.strerror}; stop the server that uses the port "
+                "or choose another one with --port"
+            ) from error
 
 
 def _is_ready(url: str) -> bool:

@@ -10,7 +10,7 @@ that does not parse, or lies outside its allowed range, makes `load_settings` ra
 | `SLOTQ_DATABASE_URL` | SQLAlchemy URL | `sqlite:///<data dir>/slotq.db` | any SQLAlchemy URL | Job store, for example `postgresql+psycopg2://user@host/db`. |
 | `SLOTQ_BROKER_URL` | Celery broker URL | `sqla+sqlite:///<data dir>/broker.db` | any Celery broker URL | Task queue, for example `redis://host:6379/0`. |
 | `SLOTQ_QUEUE` | - | `slotq` | 1 to 200 letters, digits, `.`, `_`, `-` | Celery queue that the API sends jobs to and workers consume. |
-| `SLOTQ_MODEL` | name or path | bundled SmolLM2-135M-Instruct | any Hugging Face name or local path | Causal LM that workers load. |
+| `SLOTQ_MODEL` | path | bundled SmolLM2-135M-Instruct | a local Hugging Face model folder | Causal LM that workers load; nothing is downloaded from a model hub. |
 | `SLOTQ_DEVICE` | - | `auto` | `auto`, `cpu`, `cuda` | Worker device; `auto` picks CUDA when present. |
 | `SLOTQ_API_HOST` | host | `127.0.0.1` | any host name or address | Address the API server binds. |
 | `SLOTQ_API_PORT` | TCP port | `8000` | 1 to 65535 | Port the API server binds. |

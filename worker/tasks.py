@@ -49,7 +49,10 @@ def load_model_after_fork(**_: Any) -> None:
         loaded = runtime.get_model(settings)
         execution.validation_cache.get(loaded, settings, batch_id=None, batch_prompts=None)
     except Exception:
-        logger.exception("loading the model or the validation prompts at worker start failed; jobs will retry")
+        logger.exception(
+            "loading the model or the validation prompts at worker start failed; each job tries "
+            "again and fails with this error while it lasts"
+        )
 
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import unicodedata
 from pathlib import Path
 
 import pytest
 
 from slotq.demo import DemoError, DemoJob, format_table, load_ifeval_prompts
-from slotq.embedded import Stack, stack_environment
+from slotq.embedded import Stack, serve, stack_environment
 
 
 def display_width(text: str) -> int:
@@ -90,3 +92,19 @@ def test_stack_url_uses_loopback_for_wildcard(tmp_path: Path) -> None:
 
     assert stack.url == "http://127.0.0.1:8123"
     assert stack.settings.embedded
+
+
+def test_serve_refuses_a_port_in_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    monkeypatch.setenv("SLOTQ_DATA_DIR", str(tmp_path))
+    # serve() installs its own SIGINT and SIGTERM handlers; monkeypatch puts the test's back.
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: None)
+    with socket.socket() as other_server:
+        other_server.bind(("127.0.0.1", 0))
+        other_server.listen()
+        port = other_server.getsockname()[1]
+
+        code = serve(host="127.0.0.1", port=port)
+
+    assert code == 1
+    assert f"cannot serve on 127.0.0.1:{port}" in caplog.text
+    assert not (tmp_path / "slotq.db").exists()
