@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -190,6 +191,19 @@ def kill_leftovers(processes: list[psutil.Process]) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return alive
+
+
+@contextmanager
+def running_api(env: Mapping[str, str], log_dir: Path) -> Iterator[tuple[str, Started]]:
+    """Run `slotq api` on a free port until the block ends; yield its base URL and process."""
+    port = free_port()
+    started = start_slotq("api", ["api"], {**env, "SLOTQ_API_PORT": str(port)}, log_dir)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url, [started])
+        yield base_url, started
+    finally:
+        stop(started)
 
 
 def wait_ready(base_url: str, started: list[Started], timeout_s: float = READY_TIMEOUT_S) -> None:

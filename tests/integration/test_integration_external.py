@@ -19,6 +19,7 @@ from integration_support import (
     free_port,
     job_row,
     kill_leftovers,
+    running_api,
     service_environment,
     start_slotq,
     stop,
@@ -57,14 +58,8 @@ def api_key(service_env: dict[str, str]) -> str:
 @pytest.fixture(scope="module")
 def api(service_env: dict[str, str], log_dir: Path) -> Iterator[tuple[str, Started]]:
     """`slotq api` on a free port; yields its base URL."""
-    port = free_port()
-    started = start_slotq("api", ["api"], {**service_env, "SLOTQ_API_PORT": str(port)}, log_dir)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base_url, [started])
-        yield base_url, started
-    finally:
-        stop(started)
+    with running_api(service_env, log_dir) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

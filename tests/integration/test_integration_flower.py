@@ -17,12 +17,12 @@ from integration_support import (
     Started,
     create_api_key,
     free_port,
+    running_api,
     service_environment,
     start_slotq,
     stop,
     submit,
     wait_final,
-    wait_ready,
 )
 
 pytestmark = pytest.mark.integration
@@ -91,14 +91,8 @@ def flower(service_env: dict[str, str], log_dir: Path) -> Iterator[tuple[str, St
 @pytest.fixture(scope="module")
 def api(service_env: dict[str, str], log_dir: Path) -> Iterator[tuple[str, Started]]:
     """`slotq api` on a free port; yields its base URL."""
-    port = free_port()
-    started = start_slotq("api", ["api"], {**service_env, "SLOTQ_API_PORT": str(port)}, log_dir)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base_url, [started])
-        yield base_url, started
-    finally:
-        stop(started)
+    with running_api(service_env, log_dir) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
