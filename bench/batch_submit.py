@@ -6,7 +6,7 @@ Werkzeug's threaded server, and uploads a generated JSONL batch with ``requests`
 measured on the client, from the first byte sent to the 202 response, so it covers parsing,
 validation and the bulk insert. The server sends the jobs to Redis after writing the response;
 the script also reports when the last message arrived there ("all sent"). Afterwards it checks
-that the database holds one job per line and Redis one message per line, then drops both.
+that the database contains one job per line and Redis one message per line, then drops both.
 
 Usage:
     .venv/bin/python bench/batch_submit.py [--lines 10000] [--repeat 3]
@@ -140,7 +140,7 @@ def _run(args: argparse.Namespace, url: str, queue: str, broker: redis.Redis) ->
 
 
 def _wait_for_messages(broker: redis.Redis, queue: str, expected: int, timeout_s: float = 120.0) -> float:
-    """Poll the Redis queue until it holds ``expected`` messages; return the perf_counter time."""
+    """Poll the Redis queue until it contains ``expected`` messages; return the perf_counter time."""
     deadline = time.perf_counter() + timeout_s
     while broker.llen(queue) < expected and time.perf_counter() < deadline:
         time.sleep(0.01)

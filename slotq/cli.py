@@ -331,8 +331,8 @@ def _run_sweeper(args: argparse.Namespace) -> int:
 def _add_serve(commands) -> None:
     parser = commands.add_parser(
         "serve",
-        help="run the API and one worker on this machine",
-        description="Run the API and one worker on this machine. Without SLOTQ_DATABASE_URL and "
+        help="run the API, one worker and the sweeper on this machine",
+        description="Run the API, one worker and the sweeper on this machine. Without SLOTQ_DATABASE_URL and "
         "SLOTQ_BROKER_URL both use SQLite files in SLOTQ_DATA_DIR, so no server is needed. "
         "Stops everything on SIGINT or SIGTERM.",
     )

@@ -1,4 +1,5 @@
-"""Prometheus multiprocess mode shared by ``slotq api`` and ``slotq worker``.
+"""Prometheus multiprocess mode shared by ``slotq api`` and ``slotq worker``, and the metrics
+HTTP server of the worker and the sweeper.
 
 gunicorn and Celery's prefork pool run requests and jobs in forked child processes. In
 prometheus_client's multiprocess mode every process writes its samples to memory-mapped files in
@@ -17,10 +18,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Address of the metrics servers of workers and sweepers: every interface, so Prometheus can
+#: scrape them from another host or pod.
+METRICS_ADDRESS = "0.0.0.0"
 
 #: Histogram buckets in seconds, from 50 ms (a short CPU stage) to 30 minutes (the default soft
 #: time limit of a job).
@@ -126,3 +131,27 @@ def _process_alive(pid: int) -> bool:
         # The pid exists but belongs to another user.
         return True
     return True
+
+
+def serve_metrics(registry: Any, port: int, process: str, variable: str) -> Any | None:
+    """Serve ``registry`` at ``http://METRICS_ADDRESS:port/metrics``; return the server.
+
+    Returns None, after logging an error that names the setting ``variable``, when the port
+    cannot be bound: the ``process`` (worker or sweeper) then keeps working without metrics,
+    because losing its metrics is better than losing its work.
+    """
+    # Imported here: prometheus_client picks its multiprocess mode on its first import, which
+    # must come after `prepare_multiprocess_dir`.
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(port, addr=METRICS_ADDRESS, registry=registry)
+    except OSError as error:
+        logger.error(
+            "%s metrics not served: cannot bind %s:%d: %s; set %s to a free port, or to 0 to turn the "
+            "metrics off", process, METRICS_ADDRESS, port, error, variable,
+        )
+        return None
+
+    logger.info("serving %s metrics on http://%s:%d/metrics", process, METRICS_ADDRESS, port)
+    return server

@@ -27,9 +27,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter
 
 from api.enqueue import Enqueue, PartialSendError, send_recorded
+from slotq.metrics import serve_metrics
 from slotq.settings import Settings
 from slotq.store import JobRepository
 
@@ -126,8 +127,9 @@ class Sweeper:
         self._send(expired.requeued, "lease_expired", report)
 
         cutoff = self.repository.now() - timedelta(seconds=self.settings.enqueue_grace_s)
+        just_sent = set(expired.requeued)
         unsent = self.repository.unsent_jobs(cutoff, SWEEP_LIMIT)
-        self._send([job_id for job_id in unsent if job_id not in set(expired.requeued)], "never_sent", report)
+        self._send([job_id for job_id in unsent if job_id not in just_sent], "never_sent", report)
 
         self._resend_lost(cutoff, report)
 
@@ -203,7 +205,9 @@ def run_sweeper_process(settings: Settings) -> int:
         settings,
     )
     if settings.sweeper_metrics_port:
-        _serve_metrics(sweeper.metrics, settings.sweeper_metrics_port)
+        serve_metrics(
+            sweeper.metrics.registry, settings.sweeper_metrics_port, "sweeper", "SLOTQ_SWEEPER_METRICS_PORT"
+        )
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -211,16 +215,3 @@ def run_sweeper_process(settings: Settings) -> int:
     sweeper.run(stop)
     return 0
 
-
-def _serve_metrics(metrics: SweeperMetrics, port: int) -> None:
-    # Like the workers, a sweeper whose metrics port is taken keeps sweeping: losing its metrics
-    # is better than losing the repairs.
-    try:
-        start_http_server(port, registry=metrics.registry)
-    except OSError as error:
-        logger.error(
-            "sweeper metrics not served: cannot bind port %d: %s; set SLOTQ_SWEEPER_METRICS_PORT to a free "
-            "port, or to 0 to turn the metrics off", port, error,
-        )
-        return
-    logger.info("serving sweeper metrics on port %d", port)

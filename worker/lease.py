@@ -2,8 +2,8 @@
 
 A claimed job carries a lease (`slotq.store.leases`). While the model works, a background
 thread renews the leases every third of their length, so a job keeps its lease for as long as
-its worker is alive, however long the job takes; a killed worker stops renewing and the sweeper
-queues its jobs again once their leases pass.
+its worker is alive, however long the job takes. A killed worker stops renewing, and the
+sweeper queues its jobs again once their leases pass.
 """
 
 from __future__ import annotations
@@ -45,16 +45,16 @@ class LeaseKeeper:
             self._renew()
 
     def _renew(self) -> None:
-        held = [claim for claim in self.claims if claim.job_id not in self.lost]
-        if not held:
+        active = [claim for claim in self.claims if claim.job_id not in self.lost]
+        if not active:
             return
 
         try:
-            lost = repository.default_repository().renew_leases(held, self.worker, self.lease_s)
+            lost = repository.default_repository().renew_leases(active, self.worker, self.lease_s)
         except Exception:
             # A database outage shorter than the lease costs nothing. After a longer one the
             # sweeper may have queued the job again, so this attempt's result is then refused.
-            logger.warning("renewing the leases of %d jobs failed; retrying", len(held), exc_info=True)
+            logger.warning("renewing the leases of %d jobs failed; retrying", len(active), exc_info=True)
             return
 
         for job_id in lost:

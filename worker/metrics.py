@@ -16,16 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from slotq.metrics import SECONDS_BUCKETS, remove_dead_process_gauges
+from slotq.metrics import SECONDS_BUCKETS, remove_dead_process_gauges, serve_metrics
 
 logger = logging.getLogger(__name__)
 
-#: Address the metrics server binds: every interface, so that Prometheus on another host can scrape it.
-METRICS_ADDRESS = "0.0.0.0"
 #: Stages of ``timings_ms`` (milliseconds) exported as ``slotq_job_stage_seconds{stage}``.
 #: ``validation`` is exported only for jobs whose timings contain it.
 STAGES = ("prefill", "optimize", "validation", "decode", "total")
@@ -175,17 +173,7 @@ def start_metrics_server(port: int, multiprocess_dir: str | Path) -> Any | None:
     # Registered first, so that the files of dead processes are gone before the sum is read.
     registry.register(_DeadProcessPruner(multiprocess_dir))
     MultiProcessCollector(registry, path=str(multiprocess_dir))
-    try:
-        server, _ = start_http_server(port, addr=METRICS_ADDRESS, registry=registry)
-    except OSError as error:
-        logger.error(
-            "worker metrics not served: cannot bind %s:%d: %s; set SLOTQ_WORKER_METRICS_PORT to a free port, "
-            "or to 0 to turn the metrics off", METRICS_ADDRESS, port, error,
-        )
-        return None
-
-    logger.info("serving worker metrics on http://%s:%d/metrics", METRICS_ADDRESS, port)
-    return server
+    return serve_metrics(registry, port, "worker", "SLOTQ_WORKER_METRICS_PORT")
 
 
 class _DeadProcessPruner:

@@ -8,7 +8,7 @@ again, or fails it when it has used its last attempt. Every change is a conditio
 the status and the attempt number, so a sweep that races a worker's late result, or another
 sweeper, changes nothing twice.
 
-``enqueued_at`` records the last successful send of a task message for a queued job; null
+``enqueued_at`` records the last successful send of a task message for a queued job. Null
 means that no send has succeeded since the job was queued.
 """
 

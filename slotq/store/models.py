@@ -186,10 +186,10 @@ class Job(Base):
     # Claims so far; the worker of attempt N writes its outcome only while attempts is still N.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
-    # While running: the worker renews this lease; once it passes, the sweeper takes the worker
-    # for lost and queues the job again (or fails it after its last attempt).
+    # While running: the lease that the worker renews. Once it passes, the sweeper takes the
+    # worker for lost and queues the job again, or fails it after its last attempt.
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # While queued: when a task message for the job was last sent to the broker; null when no
+    # While queued: when a task message for the job was last sent to the broker. Null means no
     # send has succeeded since the job was (re)queued, so the sweeper sends one.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -150,8 +150,8 @@ def test_english_and_japanese_jobs_succeed(api: tuple[str, Started], worker: Sta
 
 
 def test_prefork_parent_never_loads_the_model(api: tuple[str, Started], worker: Started, api_key: str) -> None:
-    # CUDA state does not survive a fork, so the parent of the pool must never load the model;
-    # on this CPU machine that shows as the parent lacking the pool child's copy of the weights.
+    # CUDA state does not survive a fork, so the parent of the pool must never load the model.
+    # On this CPU machine that shows as the parent lacking the pool child's copy of the weights.
     base_url, api_process = api
     job_id = submit(base_url, {"prompt": ENGLISH_PROMPT, "generation": {"max_new_tokens": 2}}, api_key)
     wait_final(base_url, job_id, api_key, [api_process, worker])

@@ -20,7 +20,7 @@ def wait_until(condition, timeout_s: float = 5.0) -> bool:
     return True
 
 
-def test_leases_are_renewed_while_the_keeper_runs(store: JobRepository) -> None:
+def test_keeper_renews_leases(store: JobRepository) -> None:
     job = store.create_job(make_request(), "m")
     record = store.claim_job(job.id, "w1", lease_s=0.3)
     first = record.lease_expires_at
@@ -30,20 +30,21 @@ def test_leases_are_renewed_while_the_keeper_runs(store: JobRepository) -> None:
     after_exit = store.get_job(job.id).lease_expires_at
     time.sleep(0.3)
 
-    assert renewed and keeper.lost == set()
+    assert renewed
+    assert keeper.lost == set()
     assert store.get_job(job.id).lease_expires_at == after_exit
 
 
-def test_keeper_notices_a_job_that_was_queued_again(store: JobRepository) -> None:
-    kept = store.claim_job(store.create_job(make_request("kept"), "m").id, "w1", lease_s=0.3)
-    taken = store.claim_job(store.create_job(make_request("taken"), "m").id, "w1", lease_s=0.3)
+def test_keeper_notices_requeued_job(store: JobRepository) -> None:
+    renewed = store.claim_job(store.create_job(make_request("renewed"), "m").id, "w1", lease_s=0.3)
+    requeued = store.claim_job(store.create_job(make_request("requeued"), "m").id, "w1", lease_s=0.3)
     with store.engine.begin() as connection:
-        connection.execute(update(Job).where(Job.id == taken.id).values(status="queued", worker=None))
+        connection.execute(update(Job).where(Job.id == requeued.id).values(status="queued", worker=None))
 
-    claims = [Claim(kept.id, kept.attempts), Claim(taken.id, taken.attempts)]
+    claims = [Claim(renewed.id, renewed.attempts), Claim(requeued.id, requeued.attempts)]
     with LeaseKeeper(claims, "w1", lease_s=0.3) as keeper:
-        noticed = wait_until(lambda: keeper.lost == {taken.id})
+        noticed = wait_until(lambda: keeper.lost == {requeued.id})
 
     assert noticed
-    assert store.get_job(taken.id).lease_expires_at == taken.lease_expires_at
-    assert store.get_job(kept.id).lease_expires_at > kept.lease_expires_at
+    assert store.get_job(requeued.id).lease_expires_at == requeued.lease_expires_at
+    assert store.get_job(renewed.id).lease_expires_at > renewed.lease_expires_at

@@ -20,7 +20,8 @@ from api.enqueue import make_celery_enqueue, send_recorded
 from slotq.broker import queue_depth
 from slotq.settings import Settings
 from slotq.store import JobRepository
-from slotq.sweeper import Sweeper, SweeperMetrics, _serve_metrics
+from slotq.metrics import serve_metrics
+from slotq.sweeper import Sweeper, SweeperMetrics
 from store_support import FakeClock, make_request
 
 MODEL = "test-model"
@@ -66,7 +67,16 @@ def sent_counter(sweeper: Sweeper, reason: str) -> float:
     return sweeper.metrics.registry.get_sample_value("slotq_sweeper_requeued_total", {"reason": reason}) or 0.0
 
 
-def test_job_never_sent_is_sent_after_the_grace_period(store, clock, postgres_settings, broker) -> None:
+def sent_jobs(store: JobRepository, sweeper: Sweeper, clock: FakeClock, count: int) -> list:
+    """Store ``count`` queued jobs and send each one, a second of the clock apart."""
+    jobs = [store.create_job(make_request(f"p{index}"), MODEL) for index in range(count)]
+    for job in jobs:
+        clock.advance(seconds=1)
+        send_recorded(sweeper.enqueue, store, [job.id])
+    return jobs
+
+
+def test_unsent_job_sent_after_grace(store, clock, postgres_settings, broker) -> None:
     url, queue, client = broker
     sweeper = make_sweeper(store, postgres_settings, url, queue)
     job = store.create_job(make_request(), MODEL)
@@ -85,13 +95,10 @@ def test_job_never_sent_is_sent_after_the_grace_period(store, clock, postgres_se
     assert sent_counter(sweeper, "never_sent") == 1
 
 
-def test_messages_lost_by_the_broker_are_sent_again(store, clock, postgres_settings, broker) -> None:
+def test_lost_messages_sent_again(store, clock, postgres_settings, broker) -> None:
     url, queue, client = broker
     sweeper = make_sweeper(store, postgres_settings, url, queue)
-    jobs = [store.create_job(make_request(f"p{index}"), MODEL) for index in range(3)]
-    for job in jobs:
-        clock.advance(seconds=1)
-        send_recorded(sweeper.enqueue, store, [job.id])
+    jobs = sent_jobs(store, sweeper, clock, 3)
     client.delete(queue)
     clock.advance(seconds=6)
 
@@ -105,13 +112,10 @@ def test_messages_lost_by_the_broker_are_sent_again(store, clock, postgres_setti
     assert not again.changed
 
 
-def test_only_the_oldest_lost_messages_are_sent_again(store, clock, postgres_settings, broker) -> None:
+def test_oldest_lost_message_sent_again(store, clock, postgres_settings, broker) -> None:
     url, queue, client = broker
     sweeper = make_sweeper(store, postgres_settings, url, queue)
-    jobs = [store.create_job(make_request(f"p{index}"), MODEL) for index in range(3)]
-    for job in jobs:
-        clock.advance(seconds=1)
-        send_recorded(sweeper.enqueue, store, [job.id])
+    jobs = sent_jobs(store, sweeper, clock, 3)
     client.rpop(queue)  # kombu pushes on the left and workers pop on the right: the oldest
     clock.advance(seconds=6)
 
@@ -122,7 +126,7 @@ def test_only_the_oldest_lost_messages_are_sent_again(store, clock, postgres_set
     assert sorted(queued_job_ids(client, queue)) == sorted(job.id for job in jobs)
 
 
-def test_message_taken_but_not_yet_claimed_is_not_sent_again(store, clock, postgres_settings, broker) -> None:
+def test_taken_unclaimed_message_not_resent(store, clock, postgres_settings, broker) -> None:
     url, queue, client = broker
     sweeper = make_sweeper(store, postgres_settings, url, queue)
     job = store.create_job(make_request(), MODEL)
@@ -139,7 +143,7 @@ def test_message_taken_but_not_yet_claimed_is_not_sent_again(store, clock, postg
     assert client.llen(queue) == 0
 
 
-def test_recent_sends_are_not_taken_for_lost(store, clock, postgres_settings, broker) -> None:
+def test_recent_sends_not_taken_for_lost(store, clock, postgres_settings, broker) -> None:
     url, queue, client = broker
     sweeper = make_sweeper(store, postgres_settings, url, queue)
     job = store.create_job(make_request(), MODEL)
@@ -151,7 +155,7 @@ def test_recent_sends_are_not_taken_for_lost(store, clock, postgres_settings, br
     assert client.llen(queue) == 0
 
 
-def test_job_of_a_lost_worker_is_sent_again_then_failed(store, clock, postgres_settings, broker) -> None:
+def test_lost_worker_job_resent_then_failed(store, clock, postgres_settings, broker) -> None:
     url, queue, client = broker
     sweeper = make_sweeper(store, postgres_settings, url, queue)
     job = store.create_job(make_request(), MODEL)
@@ -167,13 +171,15 @@ def test_job_of_a_lost_worker_is_sent_again_then_failed(store, clock, postgres_s
 
     assert first.sent["lease_expired"] == [job.id]
     assert queued_job_ids(client, queue) == [job.id]
-    assert second.failed == [job.id] and not any(second.sent.values())
+    assert second.failed == [job.id]
+    assert not any(second.sent.values())
     stored = store.get_job(job.id)
-    assert stored.status == "failed" and stored.attempts == 2
+    assert stored.status == "failed"
+    assert stored.attempts == 2
     assert sweeper.metrics.registry.get_sample_value("slotq_sweeper_failed_total") == 1
 
 
-def test_broker_outage_is_reported_and_the_next_pass_sends(
+def test_broker_outage_reported_then_sent(
     store, clock, postgres_settings, broker, closed_port: int
 ) -> None:
     url, queue, client = broker
@@ -185,18 +191,21 @@ def test_broker_outage_is_reported_and_the_next_pass_sends(
     failed = down.sweep_once()
     report = make_sweeper(store, postgres_settings, url, queue).sweep_once()
 
-    assert failed.sent["never_sent"] == [] and len(failed.errors) == 2
+    assert failed.sent["never_sent"] == []
+    assert len(failed.errors) == 2
     assert report.sent["never_sent"] == [job.id]
     assert store.get_job(job.id).enqueued_at == clock.now
     assert queued_job_ids(client, queue) == [job.id]
 
 
-def test_taken_metrics_port_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+def test_taken_metrics_port_logged(caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
 
-        _serve_metrics(SweeperMetrics(), port)
+        server = serve_metrics(SweeperMetrics().registry, port, "sweeper", "SLOTQ_SWEEPER_METRICS_PORT")
 
-    assert f"cannot bind port {port}" in caplog.text
+    assert server is None
+    assert f"sweeper metrics not served: cannot bind 0.0.0.0:{port}" in caplog.text
+    assert "set SLOTQ_SWEEPER_METRICS_PORT to a free port" in caplog.text

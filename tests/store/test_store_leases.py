@@ -19,7 +19,7 @@ def running_job(repository: JobRepository, worker: str = "w1", lease_s: float = 
     return repository.claim_job(job.id, worker, lease_s)
 
 
-def test_claim_sets_a_lease_that_renewal_extends(repository: JobRepository) -> None:
+def test_renewal_extends_claim_lease(repository: JobRepository) -> None:
     store, clock = with_clock(repository)
     record = running_job(store, lease_s=30.0)
     assert record.lease_expires_at == clock.now + timedelta(seconds=30)
@@ -31,7 +31,7 @@ def test_claim_sets_a_lease_that_renewal_extends(repository: JobRepository) -> N
     assert store.get_job(record.id).lease_expires_at == clock.now + timedelta(seconds=30)
 
 
-def test_renewal_by_another_worker_or_attempt_is_refused(repository: JobRepository) -> None:
+def test_renewal_by_other_claim_rejected(repository: JobRepository) -> None:
     record = running_job(repository)
     before = repository.get_job(record.id).lease_expires_at
 
@@ -47,11 +47,12 @@ def test_live_lease_is_left_alone(repository: JobRepository) -> None:
 
     expired = store.requeue_expired(max_attempts=3, limit=100)
 
-    assert expired.requeued == [] and expired.failed == []
+    assert expired.requeued == []
+    assert expired.failed == []
     assert store.get_job(record.id).status == JobStatus.RUNNING.value
 
 
-def test_expired_lease_queues_the_job_again_for_a_new_send(repository: JobRepository) -> None:
+def test_expired_lease_requeues_unsent_job(repository: JobRepository) -> None:
     store, clock = with_clock(repository)
     record = running_job(store, lease_s=30.0)
     store.mark_enqueued([record.id])  # no effect: the job is running
@@ -66,7 +67,7 @@ def test_expired_lease_queues_the_job_again_for_a_new_send(repository: JobReposi
     assert store.unsent_jobs(clock.now, 100) == [record.id]
 
 
-def test_late_result_of_a_lost_attempt_is_refused(repository: JobRepository) -> None:
+def test_late_result_of_lost_attempt_rejected(repository: JobRepository) -> None:
     store, clock = with_clock(repository)
     first = running_job(store, lease_s=30.0)
     clock.advance(seconds=31)
@@ -83,7 +84,7 @@ def test_late_result_of_a_lost_attempt_is_refused(repository: JobRepository) -> 
     assert (job.status, job.output_text, job.worker, job.lease_expires_at) == ("succeeded", "attempt 2", "w2", None)
 
 
-def test_job_past_its_last_attempt_fails_with_the_reason(repository: JobRepository) -> None:
+def test_last_attempt_expiry_fails_job(repository: JobRepository) -> None:
     store, clock = with_clock(repository)
     record = running_job(store, worker="host/123", lease_s=30.0)
     for attempt in (2, 3):
@@ -94,14 +95,16 @@ def test_job_past_its_last_attempt_fails_with_the_reason(repository: JobReposito
 
     expired = store.requeue_expired(max_attempts=3, limit=100)
 
-    assert expired.failed == [record.id] and expired.requeued == []
+    assert expired.failed == [record.id]
+    assert expired.requeued == []
     job = store.get_job(record.id)
     assert job.status == JobStatus.FAILED.value
     assert job.finished_at == clock.now
-    assert "gave up after 3 attempts" in job.error and "host/123" in job.error
+    assert "gave up after 3 attempts" in job.error
+    assert "host/123" in job.error
 
 
-def test_unsent_jobs_wait_for_the_grace_period(repository: JobRepository) -> None:
+def test_unsent_jobs_wait_for_grace(repository: JobRepository) -> None:
     store, clock = with_clock(repository)
     old = store.create_job(make_request("old"), MODEL)
     clock.advance(seconds=10)
@@ -116,7 +119,7 @@ def test_unsent_jobs_wait_for_the_grace_period(repository: JobRepository) -> Non
     assert store.unsent_jobs(clock.now - timedelta(seconds=5), 100) == []
 
 
-def test_sent_queued_jobs_are_counted_and_listed_oldest_send_first(repository: JobRepository) -> None:
+def test_sent_queued_jobs_oldest_first(repository: JobRepository) -> None:
     store, clock = with_clock(repository)
     jobs = [store.create_job(make_request(f"p{index}"), MODEL) for index in range(4)]
     for job in reversed(jobs):
@@ -130,7 +133,7 @@ def test_sent_queued_jobs_are_counted_and_listed_oldest_send_first(repository: J
     assert store.count_sent_queued(clock.now - timedelta(seconds=2)) == 1
 
 
-def test_mark_enqueued_handles_more_ids_than_one_statement_takes(repository: JobRepository) -> None:
+def test_mark_enqueued_many_ids(repository: JobRepository) -> None:
     jobs = [repository.create_job(make_request(f"p{index}"), MODEL) for index in range(3)]
     ids = [job.id for job in jobs] + [f"00000000-0000-0000-0000-{index:012d}" for index in range(1200)]
 
@@ -138,7 +141,7 @@ def test_mark_enqueued_handles_more_ids_than_one_statement_takes(repository: Job
     assert all(repository.get_job(job.id).enqueued_at is not None for job in jobs)
 
 
-def test_migration_marks_queued_jobs_of_earlier_revisions_as_sent(tmp_path) -> None:
+def test_migration_marks_old_queued_sent(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     upgrade(url)
     downgrade(url, "0004")
@@ -157,4 +160,5 @@ def test_migration_marks_queued_jobs_of_earlier_revisions_as_sent(tmp_path) -> N
     with engine.connect() as connection:
         rows = dict(connection.execute(text("SELECT id, enqueued_at FROM jobs")).all())
     engine.dispose()
-    assert rows["queued-job"] is not None and rows["done-job"] is None
+    assert rows["queued-job"] is not None
+    assert rows["done-job"] is None
